@@ -1,0 +1,3 @@
+from rts.cli import main
+
+raise SystemExit(main())
