@@ -145,3 +145,12 @@ def channel_indices(extra_channels: list[str] | tuple[str, ...]) -> list[int]:
             raise ValueError(f"unknown EXTRA channel {name!r}; valid channels: {', '.join(EXTRA_CHANNELS)}")
         out.append(EXTRA_CHANNELS.index(name))
     return out
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """Parsed JSON of ``path``, or None when the file does not exist."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

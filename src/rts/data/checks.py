@@ -1,0 +1,603 @@
+"""Data checks of the dataset format (data-format.md, "Data checks before training").
+
+``rts check DATA`` (and the prepare stage, through :func:`check_dataset`) runs every check over a
+whole dataset folder and reports every problem found, each with the file it is in and the reason,
+not just the first one. The pass streams: one tile's three rasters are open at a time and
+metadata rows are read one by one; only small per-tile summaries (ids, classes, pixel sizes)
+are kept, so memory does not grow with the size of the tiles' pixels times the number of tiles.
+
+Problems make the dataset unusable for training (exit status 1); warnings are oddities that do
+not (a split region without tiles, a stray non-``.tif`` file, a positive tile without UIDs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import yaml
+from rasterio.errors import RasterioError
+
+from rts.io import (
+    CRS,
+    EXTRA_CHANNELS,
+    EXTRA_DIR,
+    IGNORE,
+    LABEL_DIR,
+    METADATA_COLUMNS,
+    NEGATIVE,
+    PIXEL_SIZE_M,
+    POSITIVE,
+    RGB_DIR,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.csv"
+SPLITS_FILE = "splits.yaml"
+VERSION_FILE = "version.json"
+SPLIT_NAMES = ("train", "val", "test")
+PIXEL_SIZE_TOLERANCE_M = 0.5
+LABEL_VALUES = (0, 1, IGNORE)
+RTS = 1
+# Two tiles whose pixel sizes agree to a millimetre share a grid resolution; coarser rounding
+# would hide a real resampling difference, finer would flag float noise in the transforms.
+_PIXEL_SIZE_DECIMALS = 3
+
+
+@dataclass(frozen=True)
+class _Kind:
+    folder: str
+    dtype: str
+    count: int
+
+
+# The order is the reference order of a tile's grid: EXTRA and labels are compared with RGB.
+KINDS: dict[str, _Kind] = {
+    "rgb": _Kind(RGB_DIR, "uint8", 3),
+    "extra": _Kind(EXTRA_DIR, "float32", len(EXTRA_CHANNELS)),
+    "label": _Kind(LABEL_DIR, "uint8", 1),
+}
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with the dataset.
+
+    Attributes:
+        path: The file, relative to the dataset root, in POSIX form (``labels/a_001.tif``).
+        reason: What is wrong, with the offending value and what was expected.
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass
+class CheckResult:
+    """Everything one pass of the checks found.
+
+    Attributes:
+        problems: Errors, sorted; any one makes the dataset unusable.
+        warnings: Oddities that do not block training, sorted.
+        n_tiles: Tile ids seen (metadata rows and raster files together).
+    """
+
+    problems: list[Problem]
+    warnings: list[Problem]
+    n_tiles: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class _Row:
+    line: int
+    train_class: str
+    uids: str
+
+
+@dataclass
+class _TileResult:
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    # (relative path, rounded (x, y) pixel size) of every file that opened, for the cross-tile check
+    pixel_sizes: list[tuple[str, tuple[float, float]]] = field(default_factory=list)
+
+
+def check_dataset(root: Path, *, progress: bool = False, workers: int = 1) -> list[Problem]:
+    """Run every data check on a dataset folder and return all problems found.
+
+    Args:
+        root: The dataset folder (``PLANET-RGB/``, ``EXTRA/``, ``labels/``, ``metadata.csv``,
+            ``splits.yaml``, ``version.json``).
+        progress: Show a progress bar over tiles.
+        workers: Threads reading tiles; GDAL releases the GIL while decoding, so a few threads
+            help on a real dataset.
+
+    Returns:
+        The problems, sorted by file then reason; empty when the dataset is valid. Warnings are
+        not included (see :func:`run_checks`).
+    """
+    return run_checks(root, progress=progress, workers=workers).problems
+
+
+def run_checks(root: Path, *, progress: bool = False, workers: int = 1) -> CheckResult:
+    """Like :func:`check_dataset`, but also return warnings and the number of tiles seen."""
+    root = Path(root)
+    if not root.is_dir():
+        return CheckResult([Problem(str(root), "dataset folder does not exist")], [], 0)
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+
+    splits = _check_splits(root, problems, warnings)
+    _check_version(root, problems)
+    rows, region_tiles = _check_metadata(root, problems, warnings)
+    files = {kind: _list_folder(root, spec.folder, problems, warnings) for kind, spec in KINDS.items()}
+
+    if rows is not None:
+        _check_rows_against_files(rows, files, problems)
+        if splits is not None:
+            _check_regions(splits, region_tiles, problems, warnings)
+
+    tile_ids = sorted(set(rows or ()).union(*files.values()))
+    jobs = (
+        (root, tile_id, {kind: tile_id in files[kind] for kind in KINDS}, (rows or {}).get(tile_id))
+        for tile_id in tile_ids
+    )
+    sizes: dict[tuple[float, float], list[str]] = defaultdict(list)
+    for result in _map(_check_tile_job, jobs, workers, total=len(tile_ids), progress=progress):
+        problems.extend(result.problems)
+        warnings.extend(result.warnings)
+        for path, size in result.pixel_sizes:
+            sizes[size].append(path)
+    _check_pixel_size_consistency(sizes, problems)
+
+    log.debug("checked %d tiles: %d problems, %d warnings", len(tile_ids), len(problems), len(warnings))
+    return CheckResult(sorted(set(problems)), sorted(set(warnings)), len(tile_ids))
+
+
+def format_report(problems: Iterable[Problem], *, warnings: Iterable[Problem] = (), n_tiles: int | None = None) -> str:
+    """Render problems (and warnings) as ``path: reason`` lines followed by a summary line.
+
+    Args:
+        problems: Errors to list.
+        warnings: Warnings to list after the errors, marked ``warning:``.
+        n_tiles: Tiles checked, for the summary line.
+
+    Returns:
+        The report text, ending with ``OK: N tiles checked`` when there are no problems.
+    """
+    problems, warnings = sorted(problems), sorted(warnings)
+    lines = [f"{p.path}: {p.reason}" for p in problems]
+    lines += [f"{w.path}: warning: {w.reason}" for w in warnings]
+    tiles = f"{n_tiles} tiles checked" if n_tiles is not None else "dataset checked"
+    n_warn = f", {len(warnings)} warning{'s' * (len(warnings) != 1)}" if warnings else ""
+    if problems:
+        n_files = len({p.path for p in problems})
+        lines.append(
+            f"FAILED: {len(problems)} problem{'s' * (len(problems) != 1)} in {n_files} "
+            f"file{'s' * (n_files != 1)} ({tiles}{n_warn})"
+        )
+    else:
+        lines.append(f"OK: {tiles}{n_warn}")
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, metavar="DATA", help="dataset folder")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the problems and warnings as JSON")
+    parser.add_argument("--workers", type=int, default=1, help="threads reading tiles (default 1)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar over tiles")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise SystemExit(f"rts check: --workers must be >= 1, got {args.workers}")
+    result = run_checks(args.data, progress=args.progress, workers=args.workers)
+    print(format_report(result.problems, warnings=result.warnings, n_tiles=result.n_tiles))
+    if args.json is not None:
+        write_json_atomic(
+            args.json,
+            {
+                "dataset": str(args.data),
+                "ok": result.ok,
+                "n_tiles": result.n_tiles,
+                "problems": [{"path": p.path, "reason": p.reason} for p in result.problems],
+                "warnings": [{"path": w.path, "reason": w.reason} for w in result.warnings],
+            },
+        )
+    return 0 if result.ok else 1
+
+
+# --- dataset-level files ------------------------------------------------------------------------
+
+
+def _check_splits(root: Path, problems: list[Problem], warnings: list[Problem]) -> dict[str, list[str]] | None:
+    """Validate splits.yaml; return {split: regions} or None when it cannot be used."""
+    path = root / SPLITS_FILE
+    if not path.is_file():
+        problems.append(Problem(SPLITS_FILE, "missing (expected {train: [regions], val: [...], test: [...]})"))
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problems.append(Problem(SPLITS_FILE, f"not valid YAML: {_one_line(e)}"))
+        return None
+    if not isinstance(data, dict):
+        problems.append(Problem(SPLITS_FILE, f"expected a mapping with keys {', '.join(SPLIT_NAMES)}, got {type(data).__name__}"))
+        return None
+    splits: dict[str, list[str]] = {}
+    for name in SPLIT_NAMES:
+        if name not in data:
+            problems.append(Problem(SPLITS_FILE, f"missing key {name!r} (expected keys {', '.join(SPLIT_NAMES)})"))
+            continue
+        regions = data[name] if data[name] is not None else []  # `val:` with nothing after it
+        if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+            problems.append(Problem(SPLITS_FILE, f"{name!r} must be a list of region names, got {regions!r}"))
+            continue
+        for region, n in Counter(regions).items():
+            if n > 1:
+                warnings.append(Problem(SPLITS_FILE, f"region {region!r} is listed {n} times in {name!r}"))
+        splits[name] = regions
+    unknown = sorted(str(k) for k in data if k not in SPLIT_NAMES)
+    if unknown:
+        problems.append(Problem(SPLITS_FILE, f"unknown keys {unknown} (expected keys {', '.join(SPLIT_NAMES)})"))
+    in_splits: dict[str, list[str]] = defaultdict(list)
+    for name, regions in splits.items():
+        for region in dict.fromkeys(regions):
+            in_splits[region].append(name)
+    for region, names in sorted(in_splits.items()):
+        if len(names) > 1:
+            problems.append(
+                Problem(SPLITS_FILE, f"region {region!r} is in several splits ({', '.join(names)}); a region must be in one split only (spatial blocking)")
+            )
+    return splits
+
+
+def _check_version(root: Path, problems: list[Problem]) -> None:
+    path = root / VERSION_FILE
+    if not path.is_file():
+        problems.append(Problem(VERSION_FILE, 'missing (expected {"dataset_version": "2.0", ...})'))
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(Problem(VERSION_FILE, f"not valid JSON: {_one_line(e)}"))
+        return
+    version = data.get("dataset_version") if isinstance(data, dict) else None
+    if not isinstance(version, str) or not version:
+        problems.append(Problem(VERSION_FILE, f'no "dataset_version" string (got {version!r})'))
+
+
+def _check_metadata(
+    root: Path, problems: list[Problem], warnings: list[Problem]
+) -> tuple[dict[str, _Row] | None, dict[str, list[int]]]:
+    """Stream metadata.csv. Return ({tile_id: row summary} or None, {region: [row lines]})."""
+    region_tiles: dict[str, list[int]] = defaultdict(list)
+    path = root / METADATA_FILE
+    if not path.is_file():
+        problems.append(Problem(METADATA_FILE, f"missing (expected columns {', '.join(METADATA_COLUMNS)})"))
+        return None, region_tiles
+    rows: dict[str, _Row] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                problems.append(Problem(METADATA_FILE, "empty file (no header row)"))
+                return None, region_tiles
+            columns = [c.strip() for c in header]
+            missing = [c for c in METADATA_COLUMNS if c not in columns]
+            unexpected = [c for c in columns if c not in METADATA_COLUMNS]
+            duplicated = sorted(c for c, n in Counter(columns).items() if n > 1)
+            # Readers look columns up by name, so their order is free; their set is not.
+            if missing or unexpected or duplicated:
+                detail = "; ".join(
+                    part
+                    for part in (
+                        f"missing {missing}" if missing else "",
+                        f"unexpected {unexpected}" if unexpected else "",
+                        f"duplicated {duplicated}" if duplicated else "",
+                    )
+                    if part
+                )
+                problems.append(Problem(METADATA_FILE, f"columns must be exactly {', '.join(METADATA_COLUMNS)}: {detail}"))
+            if "tile_id" not in columns or duplicated:
+                return None, region_tiles  # rows cannot be matched to files
+            index = {c: columns.index(c) for c in METADATA_COLUMNS if c in columns}
+            for values in reader:
+                line = reader.line_num
+                if not any(v.strip() for v in values):
+                    continue  # a blank line, e.g. at the end of a hand-edited file
+                _check_row(values, line, len(columns), index, rows, region_tiles, problems, warnings)
+        except (csv.Error, UnicodeDecodeError) as e:
+            problems.append(Problem(METADATA_FILE, f"unreadable CSV near line {reader.line_num}: {_one_line(e)}"))
+            return None, region_tiles
+    if not rows:
+        problems.append(Problem(METADATA_FILE, "no tile rows"))
+    return rows, region_tiles
+
+
+def _check_row(
+    values: list[str],
+    line: int,
+    n_columns: int,
+    index: dict[str, int],
+    rows: dict[str, _Row],
+    region_tiles: dict[str, list[int]],
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> None:
+    where = f"row at line {line}"
+    if len(values) != n_columns:
+        problems.append(Problem(METADATA_FILE, f"{where} has {len(values)} fields, the header has {n_columns}"))
+        return
+
+    def get(column: str) -> str | None:
+        return values[index[column]].strip() if column in index else None
+
+    tile_id = get("tile_id") or ""
+    if not tile_id:
+        problems.append(Problem(METADATA_FILE, f"{where} has an empty tile_id"))
+        return
+    where = f"{where} (tile_id {tile_id!r})"
+    if tile_id in rows:
+        problems.append(Problem(METADATA_FILE, f"duplicate tile_id {tile_id!r} at lines {rows[tile_id].line} and {line}"))
+        return
+    train_class = get("TrainClass")
+    if train_class is not None and train_class not in (POSITIVE, NEGATIVE):
+        problems.append(Problem(METADATA_FILE, f"{where}: TrainClass {train_class!r} is not {POSITIVE!r} or {NEGATIVE!r}"))
+    for column, limit in (("centroid_lat", 90.0), ("centroid_lon", 180.0)):
+        text = get(column)
+        if text is None:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            problems.append(Problem(METADATA_FILE, f"{where}: {column} {text!r} is not a number"))
+            continue
+        if not -limit <= value <= limit:  # also rejects NaN
+            problems.append(Problem(METADATA_FILE, f"{where}: {column} {value} is outside [-{limit:g}, {limit:g}]"))
+    region = get("RegionName")
+    if region is not None:
+        if region:
+            region_tiles[region].append(line)
+        else:
+            problems.append(Problem(METADATA_FILE, f"{where} has an empty RegionName"))
+    uids = get("UIDs") or ""
+    if train_class == POSITIVE and not uids:
+        warnings.append(Problem(METADATA_FILE, f"{where}: positive tile with empty UIDs"))
+    elif train_class == NEGATIVE and uids:
+        warnings.append(Problem(METADATA_FILE, f"{where}: negative tile lists UIDs {uids!r}"))
+    rows[tile_id] = _Row(line, train_class or "", uids)
+
+
+def _list_folder(root: Path, folder: str, problems: list[Problem], warnings: list[Problem]) -> set[str]:
+    """Tile ids of the ``*.tif`` files in one raster folder (one directory scan, no stat per file)."""
+    path = root / folder
+    if not path.is_dir():
+        problems.append(Problem(folder, "missing folder"))
+        return set()
+    ids = set()
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tif") and not entry.is_dir():
+                ids.add(entry.name[: -len(".tif")])
+            else:
+                warnings.append(Problem(f"{folder}/{entry.name}", "unexpected entry (the folder holds only <tile_id>.tif files)"))
+    return ids
+
+
+def _check_rows_against_files(rows: dict[str, _Row], files: dict[str, set[str]], problems: list[Problem]) -> None:
+    for kind, spec in KINDS.items():
+        for tile_id in sorted(rows.keys() - files[kind]):
+            problems.append(Problem(f"{spec.folder}/{tile_id}.tif", f"missing file for {METADATA_FILE} row at line {rows[tile_id].line}"))
+        for tile_id in sorted(files[kind] - rows.keys()):
+            problems.append(Problem(f"{spec.folder}/{tile_id}.tif", f"no {METADATA_FILE} row for tile_id {tile_id!r}"))
+
+
+def _check_regions(
+    splits: dict[str, list[str]], region_tiles: dict[str, list[int]], problems: list[Problem], warnings: list[Problem]
+) -> None:
+    listed = {region for regions in splits.values() for region in regions}
+    for region, lines in sorted(region_tiles.items()):
+        if region not in listed:
+            problems.append(
+                Problem(METADATA_FILE, f"region {region!r} ({len(lines)} tiles, first at line {lines[0]}) is in no split of {SPLITS_FILE}")
+            )
+    for name, regions in splits.items():
+        for region in dict.fromkeys(regions):
+            if region not in region_tiles:
+                warnings.append(Problem(SPLITS_FILE, f"region {region!r} in split {name!r} has no tiles in {METADATA_FILE}"))
+
+
+def _check_pixel_size_consistency(sizes: dict[tuple[float, float], list[str]], problems: list[Problem]) -> None:
+    """Report every file whose pixel size differs from the dataset's most common one."""
+    if len(sizes) <= 1:
+        return
+    # Ties go to the smaller size so that the report is deterministic.
+    common = max(sorted(sizes), key=lambda s: len(sizes[s]))
+    for size, paths in sizes.items():
+        if size == common:
+            continue
+        for path in paths:
+            problems.append(
+                Problem(path, f"pixel size {_fmt_size(size)} m differs from the dataset's most common {_fmt_size(common)} m ({len(sizes[common])} files)")
+            )
+
+
+# --- one tile -----------------------------------------------------------------------------------
+
+
+def _check_tile_job(job: tuple[Path, str, dict[str, bool], _Row | None]) -> _TileResult:
+    return _check_tile(*job)
+
+
+def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | None) -> _TileResult:
+    """Open each of a tile's files once, read its pixels, and check it alone and against the others."""
+    out = _TileResult()
+    grids: dict[str, tuple[str, tuple[int, int], Any]] = {}  # kind -> (path, (h, w), transform)
+    rts_pixels: int | None = None
+    for kind, spec in KINDS.items():
+        if not present[kind]:
+            continue
+        rel = f"{spec.folder}/{tile_id}.tif"
+        try:
+            with rasterio.open(root / rel) as src:
+                _check_header(src, rel, spec, out)
+                grids[kind] = (rel, (src.height, src.width), src.transform)
+                # A tile is at most a few MiB (512 x 512 x 4 float32 bands), so reading it whole is
+                # bounded memory and one decode call; blocks would only add per-call overhead.
+                pixels = src.read()
+        except (RasterioError, OSError) as e:  # rasterio's read errors are OSErrors too
+            out.problems.append(Problem(rel, f"unreadable GeoTIFF (corrupt or truncated): {_gdal_message(e, root)}"))
+            continue
+        if kind == "rgb":
+            _check_rgb_values(pixels, rel, out)
+        elif kind == "extra":
+            _check_extra_values(pixels, rel, out)
+        else:
+            rts_pixels = _check_label_values(pixels, rel, out)
+
+    ref = next(iter(grids.values()), None)
+    for kind, (rel, shape, transform) in grids.items():
+        if ref is None or rel == ref[0]:
+            continue
+        if shape != ref[1]:
+            out.problems.append(Problem(rel, f"shape {shape[0]}x{shape[1]} differs from {ref[0]} ({ref[1][0]}x{ref[1][1]})"))
+        if not transform.almost_equals(ref[2], precision=1e-6):
+            out.problems.append(Problem(rel, f"transform {_fmt_transform(transform)} differs from {ref[0]} {_fmt_transform(ref[2])}"))
+
+    if row is not None and rts_pixels is not None:
+        label_rel = grids["label"][0]
+        if row.train_class == POSITIVE and rts_pixels == 0:
+            out.problems.append(Problem(label_rel, f"positive tile ({METADATA_FILE} line {row.line}) has no RTS pixels (label {RTS})"))
+        elif row.train_class == NEGATIVE and rts_pixels > 0:
+            out.problems.append(Problem(label_rel, f"negative tile ({METADATA_FILE} line {row.line}) has {rts_pixels} RTS pixels (label {RTS})"))
+    return out
+
+
+def _check_header(src: Any, rel: str, spec: _Kind, out: _TileResult) -> None:
+    if src.driver != "GTiff":
+        out.problems.append(Problem(rel, f"format {src.driver}, expected GeoTIFF"))
+    if src.crs is None:
+        out.problems.append(Problem(rel, f"no CRS, expected {CRS}"))
+    elif src.crs.to_string() != CRS and src.crs.to_epsg() != int(CRS.split(":")[1]):
+        out.problems.append(Problem(rel, f"CRS {src.crs.to_string()}, expected {CRS}"))
+    dtypes = sorted(set(src.dtypes))
+    if dtypes != [spec.dtype]:
+        out.problems.append(Problem(rel, f"dtype {'/'.join(dtypes)}, expected {spec.dtype}"))
+    if src.count != spec.count:
+        out.problems.append(Problem(rel, f"{src.count} bands, expected {spec.count}"))
+    compression = src.compression.name.upper() if src.compression is not None else "NONE"
+    if compression != "LZW":
+        out.problems.append(Problem(rel, f"compression {compression}, expected LZW"))
+    t = src.transform
+    if t.b != 0 or t.d != 0:
+        out.problems.append(Problem(rel, f"rotated or sheared grid {_fmt_transform(t)}, expected north-up"))
+    size = (round(abs(t.a), _PIXEL_SIZE_DECIMALS), round(abs(t.e), _PIXEL_SIZE_DECIMALS))
+    if any(abs(s - PIXEL_SIZE_M) > PIXEL_SIZE_TOLERANCE_M for s in size):
+        out.problems.append(
+            Problem(rel, f"pixel size {_fmt_size(size)} m, expected {PIXEL_SIZE_M:g} m (+/- {PIXEL_SIZE_TOLERANCE_M:g})")
+        )
+    out.pixel_sizes.append((rel, size))
+
+
+def _check_rgb_values(pixels: np.ndarray, rel: str, out: _TileResult) -> None:
+    # uint8 RGB is within 0-255 by construction, so the range check of the format only bites on
+    # a file of the wrong dtype (already reported), where it says how far off the values are.
+    if pixels.dtype == np.uint8:
+        return
+    finite = pixels[np.isfinite(pixels)] if np.issubdtype(pixels.dtype, np.floating) else pixels
+    if finite.size and (finite.min() < 0 or finite.max() > 255):
+        out.problems.append(Problem(rel, f"RGB values {finite.min()}..{finite.max()} outside 0-255"))
+
+
+def _check_extra_values(pixels: np.ndarray, rel: str, out: _TileResult) -> None:
+    if not np.issubdtype(pixels.dtype, np.floating):
+        return  # integers hold no NaN; the dtype problem is reported by the header check
+    names = EXTRA_CHANNELS if pixels.shape[0] == len(EXTRA_CHANNELS) else tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
+    parts = []
+    for name, band in zip(names, pixels):
+        n_nan = int(np.isnan(band).sum())
+        n_inf = int(np.isinf(band).sum())
+        if n_nan or n_inf:
+            parts.append(f"{name} {n_nan} NaN, {n_inf} infinite")
+    if parts:
+        out.problems.append(Problem(rel, f"non-finite EXTRA pixels: {'; '.join(parts)}"))
+
+
+def _check_label_values(pixels: np.ndarray, rel: str, out: _TileResult) -> int:
+    """Report label values outside {0, 1, 255}; return the number of RTS pixels."""
+    if pixels.dtype == np.uint8:
+        counts = np.bincount(pixels.ravel(), minlength=256)  # one pass, no sort
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(pixels, return_counts=True)
+    bad = [(v, int(n)) for v, n in zip(values.tolist(), counts) if v not in LABEL_VALUES]
+    for value, n in bad:
+        shown = int(value) if float(value).is_integer() else value
+        out.problems.append(Problem(rel, f"label value {shown} ({n} px), expected only 0, 1, {IGNORE}"))
+    return int(sum(n for v, n in zip(values.tolist(), counts) if v == RTS))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _map(fn: Any, jobs: Iterable[Any], workers: int, *, total: int, progress: bool) -> Iterator[Any]:
+    """``map`` over tiles in order, on ``workers`` threads, with an optional progress bar."""
+    if workers > 1:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        results: Iterable[Any] = pool.map(fn, jobs)
+    else:
+        pool, results = None, map(fn, jobs)
+    try:
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=total, desc="rts check", unit="tile")
+        yield from results
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _gdal_message(error: BaseException, root: Path) -> str:
+    # rasterio wraps GDAL's precise message ("TIFFReadEncodedStrip() failed") as the cause of a
+    # generic "Read failed"; show both, without the dataset root that the path already gives.
+    messages = [str(error)]
+    if error.__cause__ is not None and str(error.__cause__) not in messages[0]:
+        messages.append(str(error.__cause__))
+    text = _one_line(" / ".join(messages))
+    return text.replace(f"{root}{os.sep}", "")
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())
+
+
+def _fmt_size(size: tuple[float, float]) -> str:
+    return f"{size[0]:g}" if size[0] == size[1] else f"{size[0]:g} x {size[1]:g}"
+
+
+def _fmt_transform(t: Any) -> str:
+    return f"({t.a:g}, {t.b:g}, {t.c:.3f}, {t.d:g}, {t.e:g}, {t.f:.3f})"

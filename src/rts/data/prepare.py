@@ -1,0 +1,93 @@
+"""The ``prepare`` stage's library function: check, split, normalisation statistics, summary.
+
+Nothing is written unless every data check passes; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rts.config import DataConfig, PrepareConfig
+from rts.data.normalization import compute_stats, save_stats
+from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
+from rts.data.store import TileStore
+from rts.io import IGNORE, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+class DataCheckError(RuntimeError):
+    """The dataset failed ``rts check``; the message is the full report."""
+
+
+def run_checks(root: Path) -> None:
+    from rts.data.checks import check_dataset, format_report
+
+    problems = check_dataset(root)
+    if problems:
+        raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")
+
+
+def split_summary(store: TileStore, manifests: dict[str, Manifest]) -> dict:
+    """Tiles per split and class, RTS pixel fraction (of labelled, non-ignored pixels)."""
+    summary = {}
+    for name, manifest in manifests.items():
+        rts = valid = 0
+        for rec in manifest.tiles:
+            label = store.load(rec.tile_id).label
+            rts += int((label == 1).sum())
+            valid += int((label != IGNORE).sum())
+        summary[name] = {
+            "n_tiles": len(manifest.tiles),
+            "n_pos": manifest.n_pos,
+            "n_neg": manifest.n_neg,
+            "rts_pixel_fraction": rts / valid if valid else 0.0,
+            "rts_pixels": rts,
+            "valid_pixels": valid,
+            **{f"negative_weight_1_{r}": w for r, w in manifest.negative_weights.items()},
+        }
+    return summary
+
+
+def prepare(
+    data: DataConfig, cfg: PrepareConfig, *, seed: int, out_dir: Path, metrics_path: Path, cache_dir: Path | None
+) -> dict:
+    """Run the checks, write split manifests, statistics and the summary; return the summary."""
+    root = Path(data.root)
+    run_checks(root)
+    manifests = resolve_splits(root, val_balanced_ratio=cfg.val_balanced_ratio, realistic_ratios=cfg.realistic_ratios, seed=seed)
+    for name in SPLIT_NAMES:
+        if not manifests[name].tiles:
+            raise DataCheckError(f"{root}: split {name} has no tiles; check splits.yaml")
+    store = TileStore(root, cache_dir)
+    version = json.loads((root / "version.json").read_text()).get("dataset_version", "unknown")
+    train_ids = [t.tile_id for t in manifests["train"].tiles]
+
+    def load(tile_id: str):
+        tile = store.load(tile_id)
+        return tile.rgb, tile.extra
+
+    log.info("normalisation statistics over %d training tiles", len(train_ids))
+    stats = compute_stats(
+        train_ids,
+        tile_loader=load,
+        clip_percentiles=tuple(cfg.clip_percentiles),
+        sample_px_per_tile=cfg.percentile_sample_px,
+        seed=seed,
+        dataset_version=version,
+    )
+    summary = split_summary(store, manifests)
+    train = summary["train"]
+    summary["class_pixel_counts"] = {"background": train["valid_pixels"] - train["rts_pixels"], "rts": train["rts_pixels"]}
+    summary["dataset_version"] = version
+    for name, manifest in manifests.items():
+        manifest.save(out_dir / "splits" / f"{name}.json")
+    stats_digest = save_stats(out_dir / "normalization_stats.json", stats)
+    summary["normalization_stats_sha256"] = stats_digest
+    write_json_atomic(out_dir / "summary.json", summary)
+    write_json_atomic(metrics_path, {k: v for k, v in summary.items() if k in SPLIT_NAMES})
+    return summary

@@ -1,0 +1,72 @@
+"""Reading tiles of a dataset folder, with an optional decoded-tile cache.
+
+Decoding an RGB + label LZW GeoTIFF pair costs ~10 ms at 512 px, which alone caps a loader worker
+near 100 tiles/s before any augmentation. The cache stores each tile decoded as ``.npy`` (exact
+values: uint8 RGB + label, float32 EXTRA) and memory-maps it on later reads. A cache entry's name
+carries a fingerprint of its source files (size and mtime), so a changed tile is re-decoded, never
+served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rts.io import atomic_path, read_raster, tile_paths
+
+DEFAULT_CACHE_DIR = Path(".cache") / "tiles"
+
+
+@dataclass
+class Tile:
+    rgb: np.ndarray  # (3, H, W) uint8
+    extra: np.ndarray  # (4, H, W) float32, band order ndvi, nir, re, sr
+    label: np.ndarray  # (H, W) uint8 {0, 1, 255}
+
+
+class TileStore:
+    """Loads tiles of one dataset root by id, through the cache when ``cache_dir`` is set."""
+
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def _fingerprint(self, tile_id: str) -> str:
+        h = hashlib.sha1()
+        for kind, path in tile_paths(self.root, tile_id).items():
+            st = os.stat(path)
+            h.update(f"{kind}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()[:16]
+
+    def _cache_paths(self, tile_id: str) -> tuple[Path, Path]:
+        assert self.cache_dir is not None
+        key = self._fingerprint(tile_id)
+        return self.cache_dir / f"{tile_id}.{key}.rgbl.npy", self.cache_dir / f"{tile_id}.{key}.extra.npy"
+
+    def read_files(self, tile_id: str) -> Tile:
+        """Decode the tile's three GeoTIFFs."""
+        paths = tile_paths(self.root, tile_id)
+        return Tile(read_raster(paths["rgb"]), read_raster(paths["extra"]).astype(np.float32, copy=False), read_raster(paths["label"])[0])
+
+    def load(self, tile_id: str) -> Tile:
+        if self.cache_dir is None:
+            return self.read_files(tile_id)
+        rgbl_path, extra_path = self._cache_paths(tile_id)
+        if rgbl_path.exists() and extra_path.exists():
+            rgbl = np.load(rgbl_path, mmap_mode="r")
+            extra = np.load(extra_path, mmap_mode="r")
+            return Tile(rgbl[:3], extra, rgbl[3])
+        tile = self.read_files(tile_id)
+        self.write_cache(tile_id, tile)
+        return tile
+
+    def write_cache(self, tile_id: str, tile: Tile) -> None:
+        rgbl_path, extra_path = self._cache_paths(tile_id)
+        with atomic_path(rgbl_path, suffix=".npy") as tmp:
+            np.save(tmp, np.concatenate([tile.rgb, tile.label[None]], axis=0))
+        with atomic_path(extra_path, suffix=".npy") as tmp:
+            np.save(tmp, np.ascontiguousarray(tile.extra, dtype=np.float32))
