@@ -242,7 +242,8 @@ def _check_splits(root: Path, problems: list[Problem], warnings: list[Problem]) 
         problems.append(Problem(SPLITS_FILE, f"not valid YAML: {_one_line(e)}"))
         return None
     if not isinstance(data, dict):
-        problems.append(Problem(SPLITS_FILE, f"expected a mapping with keys {', '.join(SPLIT_NAMES)}, got {type(data).__name__}"))
+        reason = f"expected a mapping with keys {', '.join(SPLIT_NAMES)}, got {type(data).__name__}"
+        problems.append(Problem(SPLITS_FILE, reason))
         return None
     splits: dict[str, list[str]] = {}
     for name in SPLIT_NAMES:
@@ -267,7 +268,11 @@ def _check_splits(root: Path, problems: list[Problem], warnings: list[Problem]) 
     for region, names in sorted(in_splits.items()):
         if len(names) > 1:
             problems.append(
-                Problem(SPLITS_FILE, f"region {region!r} is in several splits ({', '.join(names)}); a region must be in one split only (spatial blocking)")
+                Problem(
+                    SPLITS_FILE,
+                    f"region {region!r} is in several splits ({', '.join(names)}); "
+                    "a region must be in one split only (spatial blocking)",
+                )
             )
     return splits
 
@@ -440,7 +445,11 @@ def _check_pixel_size_consistency(sizes: dict[tuple[float, float], list[str]], p
             continue
         for path in paths:
             problems.append(
-                Problem(path, f"pixel size {_fmt_size(size)} m differs from the dataset's most common {_fmt_size(common)} m ({len(sizes[common])} files)")
+                Problem(
+                    path,
+                    f"pixel size {_fmt_size(size)} m differs from the dataset's most common "
+                    f"{_fmt_size(common)} m ({len(sizes[common])} files)",
+                )
             )
 
 
@@ -448,7 +457,11 @@ def _check_pixel_size_consistency(sizes: dict[tuple[float, float], list[str]], p
 
 
 def _check_tile_job(job: tuple[Path, str, dict[str, bool], _Row | None]) -> _TileResult:
-    return _check_tile(*job)
+    # One GDAL environment per tile instead of one per open; and no directory listing on open:
+    # GDAL otherwise scans the folder (25k files in the real dataset) for sidecar files that
+    # this format never has.
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+        return _check_tile(*job)
 
 
 def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | None) -> _TileResult:
@@ -462,14 +475,17 @@ def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | 
         rel = f"{spec.folder}/{tile_id}.tif"
         try:
             with rasterio.open(root / rel) as src:
-                _check_header(src, rel, spec, out)
-                grids[kind] = (rel, (src.height, src.width), src.transform)
                 # A tile is at most a few MiB (512 x 512 x 4 float32 bands), so reading it whole is
                 # bounded memory and one decode call; blocks would only add per-call overhead.
                 pixels = src.read()
+                header = _Header(src.driver, src.crs, tuple(src.dtypes), src.count, src.compression, src.transform)
         except (RasterioError, OSError) as e:  # rasterio's read errors are OSErrors too
+            # Only this problem: the header of a truncated file is garbage too (lost geo tags
+            # read as "no CRS"), and reporting those would hide the cause.
             out.problems.append(Problem(rel, f"unreadable GeoTIFF (corrupt or truncated): {_gdal_message(e, root)}"))
             continue
+        _check_header(header, rel, spec, out)
+        grids[kind] = (rel, pixels.shape[1:], header.transform)
         if kind == "rgb":
             _check_rgb_values(pixels, rel, out)
         elif kind == "extra":
@@ -489,13 +505,25 @@ def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | 
     if row is not None and rts_pixels is not None:
         label_rel = grids["label"][0]
         if row.train_class == POSITIVE and rts_pixels == 0:
-            out.problems.append(Problem(label_rel, f"positive tile ({METADATA_FILE} line {row.line}) has no RTS pixels (label {RTS})"))
+            reason = f"positive tile ({METADATA_FILE} line {row.line}) has no RTS pixels (label {RTS})"
+            out.problems.append(Problem(label_rel, reason))
         elif row.train_class == NEGATIVE and rts_pixels > 0:
-            out.problems.append(Problem(label_rel, f"negative tile ({METADATA_FILE} line {row.line}) has {rts_pixels} RTS pixels (label {RTS})"))
+            reason = f"negative tile ({METADATA_FILE} line {row.line}) has {rts_pixels} RTS pixels (label {RTS})"
+            out.problems.append(Problem(label_rel, reason))
     return out
 
 
-def _check_header(src: Any, rel: str, spec: _Kind, out: _TileResult) -> None:
+@dataclass(frozen=True)
+class _Header:
+    driver: str
+    crs: Any
+    dtypes: tuple[str, ...]
+    count: int
+    compression: Any
+    transform: Any
+
+
+def _check_header(src: _Header, rel: str, spec: _Kind, out: _TileResult) -> None:
     if src.driver != "GTiff":
         out.problems.append(Problem(rel, f"format {src.driver}, expected GeoTIFF"))
     if src.crs is None:
@@ -534,7 +562,8 @@ def _check_rgb_values(pixels: np.ndarray, rel: str, out: _TileResult) -> None:
 def _check_extra_values(pixels: np.ndarray, rel: str, out: _TileResult) -> None:
     if not np.issubdtype(pixels.dtype, np.floating):
         return  # integers hold no NaN; the dtype problem is reported by the header check
-    names = EXTRA_CHANNELS if pixels.shape[0] == len(EXTRA_CHANNELS) else tuple(f"band {i + 1}" for i in range(pixels.shape[0]))
+    n_bands = pixels.shape[0]
+    names = EXTRA_CHANNELS if n_bands == len(EXTRA_CHANNELS) else tuple(f"band {i + 1}" for i in range(n_bands))
     parts = []
     for name, band in zip(names, pixels):
         n_nan = int(np.isnan(band).sum())
@@ -582,13 +611,11 @@ def _map(fn: Any, jobs: Iterable[Any], workers: int, *, total: int, progress: bo
 
 
 def _gdal_message(error: BaseException, root: Path) -> str:
-    # rasterio wraps GDAL's precise message ("TIFFReadEncodedStrip() failed") as the cause of a
-    # generic "Read failed"; show both, without the dataset root that the path already gives.
-    messages = [str(error)]
-    if error.__cause__ is not None and str(error.__cause__) not in messages[0]:
-        messages.append(str(error.__cause__))
-    text = _one_line(" / ".join(messages))
-    return text.replace(f"{root}{os.sep}", "")
+    # rasterio raises a generic "Read failed. See previous exception" whose cause holds GDAL's
+    # precise message ("TIFFReadEncodedStrip() failed"); show that, without the dataset root
+    # that the problem's path already gives.
+    cause = error.__cause__ if error.__cause__ is not None else error
+    return _one_line(cause).replace(f"{root}{os.sep}", "")
 
 
 def _one_line(error: object) -> str:

@@ -305,7 +305,7 @@ def hillshade(dem: np.ndarray, pixel_size: float, azimuth_deg: float, elevation_
 
 
 def relative_elevation(dem: np.ndarray, valid: np.ndarray, window_px: int) -> np.ndarray:
-    """DEM minus its local mean over a ``window_px`` square, ignoring invalid pixels."""
+    """DEM minus its local mean over a ``window_px`` square (use an odd size), ignoring invalid pixels."""
     from scipy.ndimage import uniform_filter
 
     w = valid.astype(np.float64)
@@ -343,11 +343,12 @@ def extra_channel(
                 out = np.divide(nir - red, den, out=np.zeros_like(den), where=np.abs(den) > 1e-12)
         case "re" | "sr":
             pad = int(np.ceil(re_window_m / pixel_size / 2)) + 1 if src.channel == "re" else 2
-            padded = transform * Affine.translation(-pad, -pad)
+            padded = transform @ Affine.translation(-pad, -pad)
             values, valid_p = warp(src.path, src.bands, padded, size + 2 * pad)
             dem = values[0]
             if src.channel == "re":
-                full = relative_elevation(dem, valid_p, max(1, int(round(re_window_m / pixel_size))))
+                # An odd window is centred on its pixel; an even one would shift the mean half a pixel.
+                full = relative_elevation(dem, valid_p, 2 * int(round(re_window_m / pixel_size / 2)) + 1)
             else:
                 full = hillshade(dem, pixel_size, sun_azimuth, sun_elevation)
             out, valid = full[pad:-pad, pad:-pad], valid_p[pad:-pad, pad:-pad]

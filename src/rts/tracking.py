@@ -1,0 +1,137 @@
+"""Experiment tracking on rank 0: MLflow (params, system info, per-epoch metrics, artifacts) and
+dvclive (DVC metrics and learning-curve plots). Every other rank gets a no-op tracker.
+
+MLflow is local and serverless by default (``sqlite:///mlruns.db`` in the repository, ignored by
+git). A relative SQLite path is resolved against ``DVC_ROOT`` when DVC runs the stage in a queued
+experiment's temporary copy, so all runs land in the main repository's store. The environment
+variable ``MLFLOW_TRACKING_URI`` overrides the params (tests point it at a temp dir).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], stderr=subprocess.DEVNULL, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def system_info(data_version: str) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    return {
+        "git_commit": git_commit(),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "pytorch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "none",
+        "cudnn_version": str(torch.backends.cudnn.version()) if cuda else "none",
+        "gpu_model": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "gpu_count": torch.cuda.device_count() if cuda else 0,
+        "python_version": platform.python_version(),
+        "data_version": data_version,
+    }
+
+
+def frozen_requirements() -> str:
+    """``name==version`` of every installed distribution, sorted (guide 15: library versions pinned)."""
+    pkgs = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "".join(f"{n}=={v}\n" for n, v in sorted(pkgs.items()) if n)
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", uri)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        root = Path(os.environ.get("DVC_ROOT", "."))
+        uri = prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+class Tracker:
+    """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0."""
+
+    def __init__(
+        self,
+        *,
+        active: bool,
+        mlflow_enabled: bool,
+        tracking_uri: str,
+        experiment: str,
+        run_id: str | None = None,
+        live_dir: str | None = "dvclive/train",
+        resume: bool = False,
+    ):
+        self.active = active
+        self.mlflow = None
+        self.live = None
+        self.run_id = run_id
+        if not active:
+            return
+        if mlflow_enabled:
+            import mlflow
+
+            for attempt in range(5):  # parallel queue workers can briefly lock one SQLite file
+                try:
+                    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+                    mlflow.set_experiment(experiment)
+                    run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None)
+                    break
+                except Exception as e:  # noqa: BLE001 - retried, then re-raised
+                    if "locked" not in str(e) or attempt == 4:
+                        raise
+                    time.sleep(1 + attempt)
+            self.mlflow = mlflow
+            self.run_id = run.info.run_id
+        if live_dir:
+            from dvclive import Live
+
+            self.live = Live(dir=live_dir, save_dvc_exp=False, dvcyaml=False, resume=resume, report=None)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.mlflow:
+            existing = self.mlflow.get_run(self.run_id).data.params
+            fresh = {k: str(v)[:500] for k, v in params.items() if k not in existing}
+            items = list(fresh.items())
+            for i in range(0, len(items), 100):
+                self.mlflow.log_params(dict(items[i : i + 100]))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.mlflow:
+            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.mlflow:
+            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        if self.live:
+            for k, v in metrics.items():
+                self.live.log_metric(k, float(v))
+            self.live.step = step
+            self.live.make_summary()
+            self.live.next_step()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.mlflow:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.mlflow:
+            self.mlflow.log_text(text, name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.live:
+            self.live.end()
+        if self.mlflow:
+            self.mlflow.end_run(status=status)

@@ -1,0 +1,375 @@
+"""The training run, top to bottom: config, distributed init, data, model, optimiser, loop, cleanup.
+
+Run under torchrun (``torchrun --standalone --nproc-per-node=N -m stages.train``); a plain
+``python -m stages.train`` is a world of one. Only rank 0 writes files and logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+
+from rts.config import Params, to_dict
+from rts.data.augment import Augmenter
+from rts.data.dataset import TileDataset, open_store
+from rts.data.normalization import Normalizer, load_stats, stats_hash
+from rts.data.sampler import BalancedBatchSampler, RandomBatchSampler
+from rts.data.splits import Manifest
+from rts.io import write_json_atomic
+from rts.training import distributed as D
+from rts.training.checkpoint import CheckpointManager, load, save_atomic
+from rts.training.early_stopping import EarlyStopping, overfitting_warnings
+from rts.training.schedule import group_lrs
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change what is trained; they may differ between a run and its resume.
+_NON_TRAINING_KEYS = {"resume", "num_workers", "pin_memory", "prefetch_factor", "persistent_workers"}
+
+
+def config_fingerprint(params: Params, stats_sha: str) -> str:
+    d = to_dict(params)
+    d = {k: v for k, v in d.items() if k not in ("evaluate", "calibrate", "tracking", "prepare")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _NON_TRAINING_KEYS}
+    d["stats"] = stats_sha
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = model.module if isinstance(model, DDP) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def amp_settings(device: torch.device, mixed_precision: bool) -> tuple[bool, torch.dtype | None, bool]:
+    """(autocast enabled, dtype, use GradScaler): bf16 where supported, fp16 + scaler otherwise,
+    fp32 on CPU (CPU autocast is slower than fp32 for these convolutions)."""
+    if not mixed_precision or device.type != "cuda":
+        return False, None, False
+    if torch.cuda.is_bf16_supported():
+        return True, torch.bfloat16, False
+    return True, torch.float16, True
+
+
+def make_loader(dataset, *, batch_sampler=None, indices=None, batch_size=1, train_cfg, device) -> DataLoader:
+    workers = train_cfg.num_workers
+    kwargs = dict(
+        num_workers=workers,
+        pin_memory=train_cfg.pin_memory and device.type == "cuda",
+        worker_init_fn=D.worker_init_fn,
+    )
+    if workers > 0:
+        kwargs.update(prefetch_factor=train_cfg.prefetch_factor, persistent_workers=train_cfg.persistent_workers)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kwargs)
+    subset = torch.utils.data.Subset(dataset, indices)
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, **kwargs)
+
+
+@torch.no_grad()
+def validate(model, loader, *, loss_fn, device, amp, accumulator, regions: list[str]) -> tuple[float, float]:
+    """Forward one split's shard; feeds the metric accumulator; returns (loss sum, batch count)."""
+    from rts.models import model_outputs_loss
+
+    model.eval()
+    loss_sum = torch.zeros(2, dtype=torch.float64)
+    for batch in loader:
+        image = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+            logits = model(image)
+        logits = logits.float()
+        loss = model_outputs_loss(loss_fn, logits, batch["target"].to(device), batch["valid"].to(device), 0.0)
+        loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        probs = torch.sigmoid(logits)[:, 0].cpu().numpy()
+        labels = batch["label"].numpy()
+        for p, lab, pos, idx in zip(probs, labels, batch["positive"].tolist(), batch["index"].tolist()):
+            accumulator.update(p, lab, positive_tile=bool(pos), region=regions[idx])
+    return float(loss_sum[0]), float(loss_sum[1])
+
+
+def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, metrics_path: Path, live_dir: str | None = "dvclive/train") -> dict:
+    """Train one model; returns the final metrics dict (also written to ``metrics_path`` on rank 0)."""
+    from rts.losses import build_loss
+    from rts.metrics import EvalAccumulator
+    from rts.models import build_model, encoder_parameters, model_outputs_loss
+    from rts.models.ema import ModelEMA
+    from rts.tracking import Tracker, frozen_requirements, system_info
+
+    tc, oc = params.train, params.optim
+    # ---------------------------------------------------------------- distributed init, seeds
+    dist = D.init_distributed()
+    D.seed_everything(params.seed, dist.rank, tc.deterministic)
+    device = dist.device
+    amp = amp_settings(device, tc.mixed_precision)
+
+    # ---------------------------------------------------------------- data
+    stats_path = prepared / "normalization_stats.json"
+    stats = load_stats(stats_path)
+    stats_sha = stats_hash(stats)
+    summary = json.loads((prepared / "summary.json").read_text())
+    manifests = {n: Manifest.load(prepared / "splits" / f"{n}.json") for n in ("train", "val_balanced", "val_realistic")}
+    normalizer = Normalizer(stats, params.data.extra_channels)
+    store = open_store(params.data.root, params.data.cache)
+    train_ds = TileDataset(
+        store, manifests["train"].tiles, normalizer,
+        augmenter=Augmenter(params.augment) if params.augment.enabled else None,
+        boundary_ignore_width=params.data.boundary_ignore_width,
+        soft_labels=params.data.soft_labels, soft_label_sigma=params.data.soft_label_sigma,
+    )
+    sampler_cls = BalancedBatchSampler if params.sampler.balanced else RandomBatchSampler
+    sampler_kwargs = dict(
+        batch_size=tc.batch_size, ratio=params.sampler.train_ratio,
+        curriculum=(params.sampler.curriculum_start_ratio, params.sampler.curriculum_end_ratio, params.sampler.curriculum_epochs) if params.sampler.curriculum else None,
+        steps_per_epoch=tc.steps_per_epoch, seed=params.seed, rank=dist.rank, world_size=dist.world_size,
+    )
+    if params.sampler.balanced:
+        sampler_kwargs["pos_fraction"] = params.sampler.pos_fraction_per_batch
+    sampler = sampler_cls(train_ds.positive_indices, train_ds.negative_indices, **sampler_kwargs)
+    train_loader = make_loader(train_ds, batch_sampler=sampler, train_cfg=tc, device=device)
+    val_sets = {}
+    for name in ("val_balanced", "val_realistic"):
+        ds = TileDataset(store, manifests[name].tiles, normalizer, boundary_ignore_width=0)
+        shard = list(range(len(ds)))[dist.rank :: dist.world_size]  # disjoint, no padding duplicates
+        val_sets[name] = (make_loader(ds, indices=shard, batch_size=params.evaluate.batch_size, train_cfg=tc, device=device),
+                          [t.region for t in manifests[name].tiles])
+
+    # ---------------------------------------------------------------- model, loss, optimiser
+    model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels)).to(device)
+    if tc.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if tc.sync_batchnorm and dist.backend == "nccl":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    counts = summary["class_pixel_counts"]
+    loss_fn = build_loss(params.loss, focal=params.focal, tversky=params.tversky, balanced_ce=params.balanced_ce,
+                         class_pixel_counts=(counts["background"], counts["rts"]))
+    enc_ids = {id(p) for p in encoder_parameters(model)}
+    enc_params = [p for p in model.parameters() if id(p) in enc_ids]
+    dec_params = [p for p in model.parameters() if id(p) not in enc_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": enc_params, "name": "encoder"}, {"params": dec_params, "name": "decoder"}],
+        lr=oc.lr, weight_decay=oc.weight_decay,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp[2])
+    ema = ModelEMA(model, tc.ema_decay) if tc.ema else None
+    stopper = EarlyStopping(patience=tc.early_stopping_patience, min_delta=tc.early_stopping_min_delta)
+    ckpts = CheckpointManager(ckpt_dir, every_n_epochs=tc.save_every_n_epochs, keep_last=tc.keep_last_n_checkpoints)
+    fingerprint = config_fingerprint(params, stats_sha)
+
+    # ---------------------------------------------------------------- resume
+    start_epoch, global_step, history, run_id = 0, 0, [], None
+    best_state, best_metrics = None, {}
+    resume_path = ckpts.latest() if tc.resume == "auto" else None
+    if resume_path is not None:
+        state = load(resume_path)
+        if state.get("config_fingerprint") != fingerprint:
+            if dist.is_main:
+                log.warning("%s was written by a different configuration; starting fresh", resume_path)
+        else:
+            unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            sampler.load_state_dict(state["sampler"])
+            stopper.load_state_dict(state["early_stopping"])
+            start_epoch, global_step, history = state["epoch"], state["step"], state["history"]
+            best_state, best_metrics, run_id = state["best_state"], state["best_metrics"], state.get("mlflow_run_id")
+            D.set_rng_state(state["rng"][dist.rank] if isinstance(state["rng"], list) else state["rng"])
+            if dist.is_main:
+                log.info("resumed from %s at epoch %d (step %d)", resume_path, start_epoch, global_step)
+    tracker = Tracker(active=dist.is_main, mlflow_enabled=params.tracking.mlflow, tracking_uri=params.tracking.mlflow_tracking_uri,
+                      experiment=params.tracking.mlflow_experiment, run_id=run_id, live_dir=live_dir, resume=start_epoch > 0)
+    if dist.is_main:
+        from rts.config import flatten
+
+        sysinfo = system_info(stats.get("dataset_version", "unknown"))
+        tracker.log_params({**flatten(to_dict(params)), **sysinfo, "world_size": dist.world_size,
+                            "effective_batch_size": tc.batch_size * dist.world_size})
+        tracker.set_tags({"dvc_exp_name": sysinfo["dvc_exp_name"], "git_commit": sysinfo["git_commit"]})
+        tracker.log_text(frozen_requirements(), "requirements_frozen.txt")
+
+    ddp_model = model
+    frozen = None
+
+    def set_frozen(flag: bool) -> torch.nn.Module:
+        """Freeze/unfreeze the encoder; DDP must be rebuilt since it registers trainable params once."""
+        for p in enc_params:
+            p.requires_grad_(not flag)
+        m = model
+        if tc.compile:
+            m = torch.compile(m)
+        if dist.distributed:
+            m = DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+        return m
+
+    # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    # ---------------------------------------------------------------- loop
+    stop = stopper.should_stop
+    epoch = start_epoch
+    t_start = time.time()
+    while epoch < tc.max_epochs and not stop:
+        improved_this_epoch = False
+        want_frozen = epoch < oc.freeze_backbone_epochs
+        if want_frozen != frozen:
+            ddp_model, frozen = set_frozen(want_frozen), want_frozen
+        sampler.set_epoch(epoch)
+        steps = len(sampler)
+        ddp_model.train()
+        train_loss = torch.zeros(2, dtype=torch.float64)
+        train_counts = torch.zeros(3, dtype=torch.float64)  # TP, FP, FN at 0.5 for the train IoU
+        for i, batch in enumerate(train_loader):
+            for group in optimizer.param_groups:
+                group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
+            image = batch["image"].to(device, non_blocking=True)
+            if tc.channels_last and device.type == "cuda":
+                image = image.contiguous(memory_format=torch.channels_last)
+            target, valid = batch["target"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+                outputs = ddp_model(image)
+            loss = model_outputs_loss(loss_fn, outputs, target, valid, params.model.deep_supervision_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if oc.grad_clip_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            global_step += 1
+            with torch.no_grad():
+                main = outputs[0] if isinstance(outputs, tuple) else outputs
+                pred = (main.float() > 0) & (valid > 0)
+                truth = (target > 0.5) & (valid > 0)
+                train_counts += torch.tensor([(pred & truth).sum().item(), (pred & ~truth).sum().item(), (~pred & truth).sum().item()], dtype=torch.float64)
+                train_loss += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
+            last_in_epoch = i == steps - 1
+            due = (tc.val_unit == "step" and global_step % tc.val_every == 0) or (
+                tc.val_unit == "epoch" and last_in_epoch and (epoch + 1) % tc.val_every == 0)
+            if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
+                eval_model = ema.module if ema is not None else model
+                metrics = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[1]["lr"]}
+                tl = D.all_reduce_sum(train_loss.clone())
+                tcnt = D.all_reduce_sum(train_counts.clone())
+                metrics["train_loss"] = float(tl[0] / max(tl[1], 1))
+                metrics["train_iou"] = float(tcnt[0] / max(tcnt.sum(), 1))
+                metrics.update(run_validation(eval_model, val_sets, loss_fn=loss_fn, device=device, amp=amp, params=params,
+                                              EvalAccumulator=EvalAccumulator))
+                history.append(metrics)
+                improved = stopper.step(metrics["val_realistic_pr_auc"])
+                if improved:
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(eval_model).state_dict().items()})
+                    best_metrics = dict(metrics)
+                    improved_this_epoch = True
+                if dist.is_main:
+                    tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step=global_step)
+                    log.info("epoch %d step %d: %s", epoch + 1, global_step,
+                             " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step")))
+                    for w in overfitting_warnings(history):
+                        log.warning("overfitting indicator: %s", w)
+                stop = stopper.should_stop
+                if stop and not last_in_epoch:
+                    break
+        epoch += 1
+        if dist.is_main:
+            state = {
+                "epoch": epoch, "step": global_step, "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None, "sampler": sampler.state_dict(),
+                "early_stopping": stopper.state_dict(), "history": history, "best_state": best_state,
+                "best_metrics": best_metrics, "rng": D.rng_state(), "config": to_dict(params),
+                "config_fingerprint": fingerprint, "normalization_stats": stats, "mlflow_run_id": tracker.run_id,
+            }
+            ckpts.save(state, epoch=epoch, is_best=improved_this_epoch)
+        D.barrier()
+
+    # ---------------------------------------------------------------- outputs (rank 0)
+    if stop and dist.is_main:
+        log.info("early stopping after %d validations without improvement > %g", stopper.patience, stopper.min_delta)
+    final = {
+        "best": {k: v for k, v in best_metrics.items()},
+        "epochs_trained": epoch,
+        "steps": global_step,
+        "early_stopped": bool(stop),
+        "wall_time_s": time.time() - t_start,
+        "world_size": dist.world_size,
+    }
+    if dist.is_main:
+        if best_state is None:  # no validation ran (e.g. zero epochs left): deploy the current EMA
+            best_state = {k: v.detach().cpu() for k, v in unwrap(ema.module if ema else model).state_dict().items()}
+        package = {
+            "format": "rts-model/1",
+            "state_dict": best_state,
+            "model_config": to_dict(params.model),
+            "data_config": to_dict(params.data),
+            "config": to_dict(params),
+            "normalization_stats": stats,
+            "normalization_stats_sha256": stats_sha,
+            "dataset_version": stats.get("dataset_version", "unknown"),
+            "git_commit": system_info("")["git_commit"],
+            "best_metrics": best_metrics,
+            "mlflow_run_id": tracker.run_id,
+        }
+        models_dir.mkdir(parents=True, exist_ok=True)
+        save_atomic(package, models_dir / "model.pt")
+        write_json_atomic(models_dir / "normalization_stats.json", stats)
+        write_json_atomic(metrics_path, _flat_metrics(final))
+        tracker.log_artifact(models_dir / "model.pt", "model")
+        tracker.close()
+    D.barrier()
+    D.cleanup()
+    return final
+
+
+def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params, EvalAccumulator) -> dict:
+    """Loss, pixel IoU and PR-AUC on val-balanced and val-realistic, counts reduced across ranks."""
+    ev = params.evaluate
+    out = {}
+    for name, (loader, regions) in val_sets.items():
+        acc = EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
+                              iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
+                              merge_distance_px=ev.merge_distance_px, objects=name == "val_realistic")
+        loss_sum, n = validate(model, loader, loss_fn=loss_fn, device=device, amp=amp, accumulator=acc, regions=regions)
+        totals = D.all_reduce_sum(torch.tensor([loss_sum, n], dtype=torch.float64))
+        acc.all_reduce()
+        prefix = name
+        out[f"{prefix}_loss"] = float(totals[0] / max(totals[1], 1))
+        if name == "val_balanced":
+            res = acc.result(ratios=[], recall_targets=(), primary_iou=ev.primary_iou)["unweighted"]
+            out["val_balanced_iou"] = res["iou_rts"]
+            out["val_balanced_pr_auc"] = res["pr_auc"]
+        else:
+            res = acc.result(ratios=ev.ratios, recall_targets=(), primary_iou=ev.primary_iou)
+            for r in ev.ratios:
+                rr = res[f"ratio_{r}"]
+                out[f"val_{r}_pr_auc"] = rr["pr_auc"]
+                out[f"val_{r}_iou_rts"] = rr["iou_rts"]
+                out[f"val_{r}_obj_precision"] = rr[f"obj_iou{ev.primary_iou}_precision"]
+                out[f"val_{r}_obj_recall"] = rr[f"obj_iou{ev.primary_iou}_recall"]
+            out["val_realistic_iou"] = res["ratio_%d" % params.train.early_stopping_ratio]["iou_rts"]
+            out["val_realistic_pr_auc"] = res["ratio_%d" % params.train.early_stopping_ratio]["pr_auc"]
+    return out
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _flat_metrics(final: dict) -> dict:
+    out = {k: v for k, v in final.items() if k != "best"}
+    out.update({f"best_{k}": v for k, v in final["best"].items()})
+    # JSON has no NaN (a precision with no prediction is undefined): write null.
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in
+            ((k, float(v) if isinstance(v, (np.floating, float)) else v) for k, v in out.items())}

@@ -1,0 +1,236 @@
+"""Splits, normalisation statistics, sampler, augmentation geometry, dataset channel selection."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import make_dataset  # noqa: E402
+
+from rts.config import AugmentConfig, ConfigError, DataConfig, PrepareConfig, load_params  # noqa: E402
+from rts.data.augment import Augmenter  # noqa: E402
+from rts.data.boundary import boundary_band, soft_targets, valid_mask  # noqa: E402
+from rts.data.dataset import TileDataset  # noqa: E402
+from rts.data.normalization import Normalizer, compute_stats  # noqa: E402
+from rts.data.sampler import BalancedBatchSampler, RandomBatchSampler, curriculum_ratio  # noqa: E402
+from rts.data.splits import negative_weight, resolve_splits  # noqa: E402
+from rts.data.store import TileStore  # noqa: E402
+from rts.io import EXTRA_CHANNELS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ds")
+    return make_dataset(root, regions={"alpha": (4, 6), "bravo": (3, 9), "charlie": (2, 5)},
+                        splits={"train": ["alpha"], "val": ["bravo"], "test": ["charlie"]})
+
+
+# ------------------------------------------------------------------ params
+
+
+def test_params_yaml_loads_into_dataclasses():
+    p = load_params(REPO / "params.yaml")
+    assert p.model.arch == "unetplusplus" and p.model.encoder == "efficientnet-b7"
+    assert p.loss == "focal" and p.focal.gamma == 2.0 and p.focal.alpha == 0.25
+    assert p.train.batch_size == 32 and p.train.max_epochs == 300 and p.train.ema_decay == 0.999
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"model.arch": "transformer9000"}, "model.arch"),
+        ({"optim.lr": -1e-3}, "optim.lr"),
+        ({"focal.alpha": 1.5}, "focal.alpha"),
+        ({"data.extra_channels": ["ndvi", "thermal"]}, "data.extra_channels"),
+        ({"train.batch_size": 5}, "train.batch_size"),
+        ({"train.nonsense": 1}, "train.nonsense"),
+        ({"loss": "dice"}, "loss"),
+    ],
+)
+def test_bad_params_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_params(REPO / "params.yaml", overrides=override)
+    assert key in str(err.value)
+
+
+def test_invalid_choice_lists_valid_choices():
+    with pytest.raises(ConfigError, match="unetplusplus"):
+        load_params(REPO / "params.yaml", overrides={"model.arch": "nope"})
+
+
+# ------------------------------------------------------------------ splits
+
+
+def test_splits_resolve_by_region_with_negative_weights(dataset_root):
+    m = resolve_splits(dataset_root, val_balanced_ratio=1, realistic_ratios=[200, 1000], seed=0)
+    assert {t.region for t in m["train"].tiles} == {"alpha"}
+    assert (m["val_realistic"].n_pos, m["val_realistic"].n_neg) == (3, 9)
+    assert (m["val_balanced"].n_pos, m["val_balanced"].n_neg) == (3, 3)
+    assert set(m["val_balanced"].tiles) <= set(m["val_realistic"].tiles)
+    assert m["val_realistic"].negative_weights["200"] == pytest.approx(200 * 3 / 9)
+    assert m["test_realistic"].negative_weights["1000"] == pytest.approx(1000 * 2 / 5)
+    assert negative_weight(200, 3, 9) == pytest.approx(66.6666666)
+
+
+# ------------------------------------------------------------------ normalisation
+
+
+def test_stats_match_two_pass_numpy(dataset_root):
+    store = TileStore(dataset_root)
+    ids = [f"alpha_{i:03d}" for i in range(10)]
+
+    def load(tid):
+        t = store.load(tid)
+        return t.rgb, t.extra
+
+    stats = compute_stats(ids, tile_loader=load, clip_percentiles=(1.0, 99.0), sample_px_per_tile=10**6,
+                          dataset_version="2.0")
+    assert stats["percentile_sample"]["exact"]
+    allpx = np.concatenate([np.concatenate([load(t)[0].reshape(3, -1), load(t)[1].reshape(4, -1)]).astype(np.float64) for t in ids], axis=1)
+    lo, hi = np.percentile(allpx, 1, axis=1), np.percentile(allpx, 99, axis=1)
+    clipped = np.clip(allpx, lo[:, None], hi[:, None])
+    mean = np.concatenate([stats["rgb"]["mean"], stats["extra"]["mean"]])
+    std = np.concatenate([stats["rgb"]["std"], stats["extra"]["std"]])
+    np.testing.assert_allclose(mean, clipped.mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(std, clipped.std(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(stats["extra"]["clip_low"], lo[3:], rtol=1e-12)
+    assert stats["n_tiles_used"] == 10 and stats["extra"]["channels"] == list(EXTRA_CHANNELS)
+
+
+def test_reservoir_is_bounded_and_close(dataset_root):
+    store = TileStore(dataset_root)
+    ids = [f"alpha_{i:03d}" for i in range(10)]
+    stats = compute_stats(ids, tile_loader=lambda t: (store.load(t).rgb, store.load(t).extra), clip_percentiles=(1.0, 99.0),
+                          sample_px_per_tile=200, reservoir_capacity=1000, dataset_version="2.0")
+    assert stats["percentile_sample"]["pixels"] == 1000 and not stats["percentile_sample"]["exact"]
+    assert stats["rgb"]["clip_high"][0] == pytest.approx(200, abs=15)
+
+
+# ------------------------------------------------------------------ sampler
+
+
+def test_balanced_batches_have_exact_positive_share():
+    pos, neg = list(range(10)), list(range(10, 210))
+    s = BalancedBatchSampler(pos, neg, batch_size=8, pos_fraction=0.25, ratio=10, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) == int(np.ceil(10 * 10 / 6))
+    for b in batches:
+        idx = [i for i, _ in b]
+        assert sum(i < 10 for i in idx) == 2 and len(idx) == 8
+    negs = [i for b in batches for i, _ in b if i >= 10]
+    assert len(set(negs)) == len(negs) == 17 * 6 >= 100  # epoch ratio 1:10 (rounded up to whole batches), distinct
+
+
+def test_sampler_is_deterministic_and_epoch_dependent():
+    kw = dict(batch_size=4, pos_fraction=0.5, ratio=5, seed=7)
+    a, b = BalancedBatchSampler(range(6), range(6, 60), **kw), BalancedBatchSampler(range(6), range(6, 60), **kw)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+
+
+def test_ddp_shares_are_disjoint_and_complete():
+    kw = dict(batch_size=4, pos_fraction=0.5, ratio=8, seed=1, world_size=2)
+    r0 = BalancedBatchSampler(range(5), range(5, 100), rank=0, **kw)
+    r1 = BalancedBatchSampler(range(5), range(5, 100), rank=1, **kw)
+    assert len(r0) == len(r1)
+    g = r0.global_epoch()
+    for (b0, b1, gb) in zip(r0, r1, g):
+        assert [i for i, _ in b0] == gb[0].tolist() and [i for i, _ in b1] == gb[1].tolist()
+        n0 = [i for i, _ in b0 if i >= 5]
+        n1 = [i for i, _ in b1 if i >= 5]
+        assert not set(n0) & set(n1)
+    neg_all = [i for b in g.reshape(-1, 4) for i in b if i >= 5]
+    assert len(neg_all) == len(set(neg_all))
+
+
+def test_curriculum_schedule():
+    assert curriculum_ratio(0, start=1, end=50, epochs=11) == pytest.approx(1)
+    assert curriculum_ratio(10, start=1, end=50, epochs=11) == pytest.approx(50)
+    assert curriculum_ratio(5, start=1, end=50, epochs=11) == pytest.approx(np.sqrt(50))
+    assert curriculum_ratio(99, start=1, end=50, epochs=11) == pytest.approx(50)
+    s = BalancedBatchSampler(range(4), range(4, 400), batch_size=4, pos_fraction=0.5, ratio=1, curriculum=(1, 50, 11))
+    lengths = []
+    for e in (0, 5, 10):
+        s.set_epoch(e)
+        lengths.append(len(s))
+    assert lengths == [2, int(np.ceil(np.sqrt(50) * 4 / 2)), 100]
+
+
+def test_random_sampler_has_no_positive_quota():
+    s = RandomBatchSampler(range(2), range(2, 1000), batch_size=8, ratio=100, seed=0)
+    n_pos = [sum(i < 2 for i, _ in b) for b in s]
+    assert sum(n_pos) < len(n_pos)  # most batches have no positive at all
+
+
+# ------------------------------------------------------------------ augmentation and dataset
+
+
+def test_mask_follows_image_under_augmentation():
+    rng = np.random.default_rng(0)
+    label = np.zeros((96, 96), np.uint8)
+    label[20:60, 30:80] = 1
+    label[70:90, 10:25] = 255
+    rgb = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    extra = np.stack([(label == 1).astype(np.float32), (label == 255).astype(np.float32)], axis=-1)
+    aug = Augmenter(AugmentConfig(rotate90_p=1, hflip_p=0.5, vflip_p=0.5, affine_p=1, elastic_p=1, color_p=1))
+    for seed in range(8):
+        aug.seed(seed)
+        stack, out = aug(rgb, extra, label)
+        rts_img, ign_img = stack[..., 3], stack[..., 4]
+        interior = (rts_img == 1.0) | ((rts_img == 0.0) & (ign_img == 0.0)) | (ign_img == 1.0)
+        expect = np.where(ign_img == 1.0, 255, (rts_img == 1.0).astype(np.uint8))
+        agree = (out[interior] == expect[interior]).mean()
+        assert agree > 0.995, (seed, agree)
+        assert set(np.unique(out)) <= {0, 1, 255}
+        # colour jitter touched RGB only: EXTRA channels keep exact label values inside objects
+        assert np.isin(np.unique(rts_img[interior]), [0.0, 1.0]).all()
+
+
+def test_boundary_band_and_soft_targets():
+    label = np.zeros((20, 20), np.uint8)
+    label[5:15, 5:15] = 1
+    band = boundary_band(label, 2)
+    assert band[5, 10] and band[3, 10] and band[6, 10] and not band[2, 10] and not band[10, 10]
+    assert not valid_mask(np.full((4, 4), 255, np.uint8), 0).any()
+    soft = soft_targets(label, 1.0)
+    assert soft[10, 10] > 0.98 and soft[0, 0] < 0.01 and 0.3 < soft[5, 10] < 0.7
+
+
+@pytest.mark.parametrize("channels", [[], ["ndvi"], ["sr", "ndvi"], list(EXTRA_CHANNELS)])
+def test_dataset_selects_extra_channels_by_name(dataset_root, channels):
+    m = resolve_splits(dataset_root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    store = TileStore(dataset_root)
+    ids = [t.tile_id for t in m["train"].tiles]
+    stats = compute_stats(ids, tile_loader=lambda t: (store.load(t).rgb, store.load(t).extra), clip_percentiles=(0.0, 100.0),
+                          sample_px_per_tile=10**6, dataset_version="2.0")
+    ds = TileDataset(store, m["train"].tiles, Normalizer(stats, channels), boundary_ignore_width=1)
+    item = ds[0]
+    assert item["image"].shape == (3 + len(channels), 32, 32)
+    raw = store.load(m["train"].tiles[0].tile_id)
+    for k, name in enumerate(channels):
+        i = EXTRA_CHANNELS.index(name)
+        expected = (raw.extra[i] - stats["extra"]["mean"][i]) / stats["extra"]["std"][i]
+        np.testing.assert_allclose(item["image"][3 + k].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert item["target"].shape == item["valid"].shape == (1, 32, 32)
+    assert item["positive"] is True and item["valid"].min() == 0  # boundary band ignored
+
+
+def test_cache_serves_identical_values_and_notices_changes(dataset_root, tmp_path):
+    plain = TileStore(dataset_root)
+    cached = TileStore(dataset_root, tmp_path / "cache")
+    a = cached.load("alpha_000")  # decodes and writes
+    b = cached.load("alpha_000")  # memory-mapped from cache
+    c = plain.load("alpha_000")
+    for x in (a, b):
+        np.testing.assert_array_equal(x.rgb, c.rgb)
+        np.testing.assert_array_equal(x.extra, c.extra)
+        np.testing.assert_array_equal(x.label, c.label)
+    assert len(list((tmp_path / "cache").glob("alpha_000.*"))) == 2
