@@ -1,0 +1,126 @@
+"""Multi-resolution inference (guide 6.2, 9.3; data-format.md "Prediction outputs").
+
+Scale ``s`` reads a ``tile_size / s`` px window centred on the tile (512 / 1024 / 2048 px for
+1.0 / 0.5 / 0.25), resizes it to the model input, predicts (with TTA averaged within the scale),
+resizes the logits back and crops the centre tile. Scales fuse by pixel-wise maximum. Fusion is
+done on logits: max and mean commute with a positive temperature, so calibrating the fused logit
+equals calibrating each pass.
+
+``NeighbourWindows`` assembles those windows from the neighbouring tiles of a dataset (tiles on a
+shared grid, found by their georeferenced origin). Where neighbours are missing, the largest
+rectangle of present tiles around the centre is kept and the rest of the window is reflect-padded.
+Training's multi-resolution option uses the same windows (one implementation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+
+from rts.data.store import TileStore
+from rts.inference.tta import tta_logits
+from rts.io import tile_paths
+
+VALID_SCALES = (1.0, 0.5, 0.25)
+
+
+def window_size(tile_size: int, scale: float) -> int:
+    if scale not in VALID_SCALES:
+        raise ValueError(f"scale {scale} not supported; valid scales: {VALID_SCALES}")
+    return int(round(tile_size / scale))
+
+
+def resize(x: torch.Tensor, size: int, *, mode: str = "bilinear") -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    # antialias when shrinking, so a 2048 px window is averaged, not aliased, down to 512 px
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
+
+
+def crop_centre(x: torch.Tensor, size: int) -> torch.Tensor:
+    off = (x.shape[-1] - size) // 2
+    return x[..., off : off + size, off : off + size]
+
+
+def predict_multiscale(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    windows: dict[float, torch.Tensor],
+    *,
+    tile_size: int,
+    tta: str = "none",
+) -> torch.Tensor:
+    """Fused logits (B, 1, T, T). ``windows[scale]`` is the normalised (B, C, T/scale, T/scale) input."""
+    fused = None
+    for scale, window in windows.items():
+        size = window.shape[-1]
+        logits = tta_logits(forward, resize(window, tile_size), tta)
+        logits = crop_centre(resize(logits, size), tile_size)
+        fused = logits if fused is None else torch.maximum(fused, logits)
+    return fused
+
+
+class NeighbourWindows:
+    """Raw (C, S, S) windows centred on dataset tiles, assembled from their grid neighbours."""
+
+    def __init__(self, store: TileStore, tile_ids: Sequence[str], extra_index: Sequence[int]):
+        self.store = store
+        self.extra_index = list(extra_index)
+        self.grid: dict[tuple[int, int], str] = {}
+        self.cell_of: dict[str, tuple[int, int]] = {}
+        self.tile_size = None
+        for tid in tile_ids:
+            with rasterio.open(tile_paths(store.root, tid)["rgb"]) as src:
+                t, w = src.transform, src.width
+            size_m = w * t.a
+            cell = (int(round(t.c / size_m)), int(round(t.f / size_m)))
+            self.tile_size = self.tile_size or w
+            self.grid[cell] = tid
+            self.cell_of[tid] = cell
+
+    def _stack(self, tid: str) -> np.ndarray:
+        tile = self.store.load(tid)
+        parts = [np.asarray(tile.rgb, np.float32)]
+        if self.extra_index:
+            parts.append(np.asarray(tile.extra)[self.extra_index].astype(np.float32))
+        return np.concatenate(parts)
+
+    def window(self, tile_id: str, size: int) -> np.ndarray:
+        """(C, size, size) raw values centred on ``tile_id``."""
+        centre = self._stack(tile_id)
+        T = centre.shape[-1]
+        if size == T:
+            return centre
+        margin = (size - T) // 2
+        reach = -(-margin // T)  # neighbour tiles needed on each side
+        cx, cy = self.cell_of[tile_id]
+        # cells: x grows east (columns), y grows north, so row offset dr = -dy
+        present = {(dr, dc) for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)
+                   if (cx + dc, cy - dr) in self.grid}
+        r0 = r1 = c0 = c1 = 0  # grow the rectangle of present cells around the centre
+        grown = True
+        while grown:
+            grown = False
+            for side in ("top", "bottom", "left", "right"):
+                nr0, nr1, nc0, nc1 = r0 - (side == "top"), r1 + (side == "bottom"), c0 - (side == "left"), c1 + (side == "right")
+                if max(-nr0, nr1, -nc0, nc1) > reach:
+                    continue
+                if all((r, c) in present for r in range(nr0, nr1 + 1) for c in range(nc0, nc1 + 1)):
+                    r0, r1, c0, c1, grown = nr0, nr1, nc0, nc1, True
+        mosaic = np.empty((centre.shape[0], (r1 - r0 + 1) * T, (c1 - c0 + 1) * T), np.float32)
+        for r in range(r0, r1 + 1):
+            for c in range(c0, c1 + 1):
+                tid = self.grid[(cx + c, cy - r)]
+                mosaic[:, (r - r0) * T : (r - r0 + 1) * T, (c - c0) * T : (c - c0 + 1) * T] = centre if tid == tile_id else self._stack(tid)
+        # window bounds in mosaic coordinates (the centre tile starts at (-r0*T, -c0*T))
+        top, left = -r0 * T - margin, -c0 * T - margin
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + size, mosaic.shape[1]), min(left + size, mosaic.shape[2])
+        part = mosaic[:, y0:y1, x0:x1]
+        pad = ((0, 0), (y0 - top, top + size - y1), (x0 - left, left + size - x1))
+        return np.pad(part, pad, mode="reflect") if any(p for ax in pad for p in ax) else part

@@ -1,0 +1,120 @@
+"""``rts score PRED_DIR LABEL_DIR``: the full metric set for a folder of probability GeoTIFFs.
+
+Probability rasters (float in [0, 1], one band) are matched by file name to label rasters
+(uint8 {0, 1, 255}). A tile is positive when its label has any pixel equal to 1, negative
+otherwise. Prints a table and writes the JSON of :meth:`EvalAccumulator.result`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rts.io import write_json_atomic
+from rts.metrics.accumulator import EvalAccumulator
+
+log = logging.getLogger(__name__)
+
+
+class ScoreError(ValueError):
+    """The prediction and label folders cannot be scored; the message names the files."""
+
+
+def _tifs(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ScoreError(f"{folder}: not a folder")
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".tif", ".tiff")}
+
+
+def _read(path: Path) -> tuple[np.ndarray, Any, Any]:
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            return src.read(1), src.transform, src.crs
+    except rasterio.errors.RasterioIOError as e:
+        raise ScoreError(f"{path}: cannot read GeoTIFF ({e})") from None
+
+
+def score_folders(
+    pred_dir: str | Path,
+    label_dir: str | Path,
+    *,
+    ratios: tuple[int, ...] = (200, 500, 1000),
+    threshold: float = 0.5,
+    min_object_px: int = 200,
+    **accumulator_kwargs: Any,
+) -> dict[str, Any]:
+    """Score every probability raster in ``pred_dir`` against the same-named label in ``label_dir``.
+
+    Raises:
+        ScoreError: missing pairs (all listed), grid mismatch (shape, transform, CRS),
+            probabilities outside [0, 1] or NaN, labels outside {0, 1, 255}; each names the file.
+    """
+    pred_dir, label_dir = Path(pred_dir), Path(label_dir)
+    preds, labels = _tifs(pred_dir), _tifs(label_dir)
+    problems = [f"{pred_dir / n}: no label {label_dir / n}" for n in preds if n not in labels]
+    problems += [f"{label_dir / n}: no prediction {pred_dir / n}" for n in labels if n not in preds]
+    if problems:
+        raise ScoreError("unmatched files:\n  " + "\n  ".join(problems))
+    if not preds:
+        raise ScoreError(f"{pred_dir}: no .tif files to score")
+    acc = EvalAccumulator(operating_threshold=threshold, min_object_px=min_object_px, **accumulator_kwargs)
+    for name in preds:
+        prob, p_tr, p_crs = _read(preds[name])
+        label, l_tr, l_crs = _read(labels[name])
+        if prob.shape != label.shape or p_tr != l_tr or p_crs != l_crs:
+            raise ScoreError(
+                f"{preds[name]} and {labels[name]}: grids differ (shape {prob.shape} vs {label.shape}, "
+                f"transform {tuple(p_tr)[:6]} vs {tuple(l_tr)[:6]}, CRS {p_crs} vs {l_crs})"
+            )
+        prob = prob.astype(np.float64)
+        if np.isnan(prob).any():
+            raise ScoreError(f"{preds[name]}: {int(np.isnan(prob).sum())} NaN probabilities")
+        if prob.min() < 0 or prob.max() > 1:
+            raise ScoreError(f"{preds[name]}: probabilities outside [0, 1] (range {prob.min()} to {prob.max()})")
+        if np.any((label > 1) & (label != 255)):
+            raise ScoreError(f"{labels[name]}: label values must be 0, 1 or 255, found {np.unique(label).tolist()}")
+        acc.update(prob, label, positive_tile=bool((label == 1).any()))
+    return acc.result(ratios=ratios)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table: one column per ratio, one row per headline metric."""
+    cols = [k for k in result if k.startswith("ratio_")] + ["unweighted"]
+    rows = ["pr_auc", "iou_rts", "precision", "recall", "f05", "obj_iou0.3_precision", "obj_iou0.3_recall", "obj_iou0.3_f05", "ap30", "ap50", "frag_rate"]
+    rows = [r for r in rows if any(r in result[c] for c in cols)]
+    head = f"{'metric':<22}" + "".join(f"{c.replace('ratio_', '1:'):>12}" for c in cols)
+    lines = [f"tiles: {result['n_pos_tiles']} positive, {result['n_neg_tiles']} negative", head, "-" * len(head)]
+    for r in rows:
+        vals = [result[c].get(r) for c in cols]
+        lines.append(f"{r:<22}" + "".join(f"{'n/a' if v is None else format(v, '.4f'):>12}" for v in vals))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pred_dir", type=Path, help="folder of probability GeoTIFFs (float in [0, 1])")
+    parser.add_argument("label_dir", type=Path, help="folder of label GeoTIFFs {0, 1, 255}, same file names")
+    parser.add_argument("--ratios", type=int, nargs="+", default=[200, 500, 1000], help="prevalence ratios 1:R")
+    parser.add_argument("--positive-from-labels", action="store_true", default=True,
+                        help="a tile is positive when its label has a 1 pixel (the only mode; accepted for clarity)")
+    parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
+    parser.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
+    parser.add_argument("--min-object-px", type=int, default=200, help="smallest object in pixels")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = score_folders(args.pred_dir, args.label_dir, ratios=tuple(args.ratios), threshold=args.threshold, min_object_px=args.min_object_px)
+    except ScoreError as e:
+        log.error("%s", e)
+        return 2
+    print(format_table(result))
+    if args.out is not None:
+        write_json_atomic(args.out, result)
+        log.info("wrote %s", args.out)
+    return 0
