@@ -19,12 +19,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
-import shapely
 from affine import Affine
 from rasterio.features import rasterize
 

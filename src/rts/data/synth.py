@@ -220,9 +220,7 @@ class _Tile:
     split: str
     positive: bool
     transform: Any
-    rgb: np.ndarray
-    extra: np.ndarray
-    label: np.ndarray
+    label_fraction: float
     uids: list[str]
     ignore_px: int
     rts_fraction: float
@@ -241,9 +239,12 @@ def _region_origin(region: Region, tile_size: int) -> tuple[float, float]:
 
 
 def _region_tiles(
-    table_index: int, split: str, n_pos: int, n_neg: int, tile_size: int, seed: int, outlines: list[np.ndarray] | None
+    out_dir: Path, table_index: int, split: str, n_pos: int, n_neg: int, tile_size: int, seed: int, outlines: list[np.ndarray] | None
 ) -> tuple[list[_Tile], dict[str, Any]]:
-    """Render blocks of one region until its quotas are met; return its tiles and statistics."""
+    """Render blocks of one region until its quotas are met, writing each kept tile's three files.
+
+    Returns the tiles (without pixels) and the region's statistics.
+    """
     region = REGIONS[table_index]
     style = render.make_style(np.random.default_rng([seed, table_index, 0]))
     b = _tiles_per_block(tile_size)
@@ -278,16 +279,20 @@ def _region_tiles(
                     continue
                 hard_counts = np.bincount(block.hard[win].ravel(), minlength=len(HARD_NEGATIVE_KINDS) + 1)
                 row, col = row0 + ty, col0 + tx
+                tile_id = f"{region.slug}_{row:03d}_{col:03d}"
+                transform = from_origin(x0 + col * tile_size * PIXEL_SIZE_M, y0 - row * tile_size * PIXEL_SIZE_M, PIXEL_SIZE_M, PIXEL_SIZE_M)
+                paths = tile_paths(out_dir, tile_id)
+                write_geotiff(paths["rgb"], np.ascontiguousarray(block.rgb[(slice(None),) + win]), transform)
+                write_geotiff(paths["extra"], np.ascontiguousarray(block.extra[(slice(None),) + win]), transform)
+                write_geotiff(paths["label"], label, transform)
                 tiles.append(
                     _Tile(
-                        tile_id=f"{region.slug}_{row:03d}_{col:03d}",
+                        tile_id=tile_id,
                         region=region,
                         split=split,
                         positive=positive,
-                        transform=from_origin(x0 + col * tile_size * PIXEL_SIZE_M, y0 - row * tile_size * PIXEL_SIZE_M, PIXEL_SIZE_M, PIXEL_SIZE_M),
-                        rgb=block.rgb[(slice(None),) + win].copy(),
-                        extra=block.extra[(slice(None),) + win].copy(),
-                        label=label,
+                        transform=transform,
+                        label_fraction=n_one / label.size,
                         uids=sorted({uids[i] for i in np.unique(inst[label == 1])}),
                         ignore_px=int((label == 255).sum()),
                         rts_fraction=float((inst > 0).mean()),
@@ -378,16 +383,11 @@ def synthesize(
     for split in SPLITS:
         idxs = assignment[split]
         for idx, p, n in zip(idxs, _share(counts[split][0], len(idxs)), _share(counts[split][1], len(idxs))):
-            tiles, stats = _region_tiles(idx, split, p, n, tile, seed, outlines)
+            tiles, stats = _region_tiles(out_dir, idx, split, p, n, tile, seed, outlines)
             region_stats[REGIONS[idx].name] = {"split": split, "positives": p, "negatives": n, **stats}
             log.info("%s (%s): %d positive + %d negative tiles from %d blocks", REGIONS[idx].name, split, p, n, stats["blocks"])
             all_tiles.extend(tiles)
     all_tiles.sort(key=lambda t: t.tile_id)
-    for t in all_tiles:
-        paths = tile_paths(out_dir, t.tile_id)
-        write_geotiff(paths["rgb"], t.rgb, t.transform)
-        write_geotiff(paths["extra"], t.extra, t.transform)
-        write_geotiff(paths["label"], t.label, t.transform)
     _write_metadata(out_dir / "metadata.csv", all_tiles, _centroids(all_tiles, tile))
     splits_doc = {s: sorted(REGIONS[i].name for i in assignment[s]) for s in SPLITS}
     write_text_atomic(out_dir / "splits.yaml", yaml.safe_dump(splits_doc, sort_keys=False, default_flow_style=False, allow_unicode=True))
@@ -432,7 +432,7 @@ def _summary(tiles: list[_Tile], tile_size: int) -> dict[str, Any]:
         per_split[t.split]["positive" if t.positive else "negative"] += 1
     pos = [t for t in tiles if t.positive]
     neg = [t for t in tiles if not t.positive]
-    frac = np.array([float((t.label == 1).mean()) for t in pos]) if pos else np.zeros(1)
+    frac = np.array([t.label_fraction for t in pos]) if pos else np.zeros(1)
     uid_tiles: dict[str, int] = {}
     for t in pos:
         for u in t.uids:

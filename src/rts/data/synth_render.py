@@ -48,7 +48,7 @@ HARD_NEGATIVE_KINDS: tuple[str, ...] = (
     "lake",  # thermokarst lake
     "snow",  # late-lying snow patch
 )
-_KIND_WEIGHTS = np.array([0.16, 0.11, 0.10, 0.07, 0.08, 0.12, 0.09, 0.09, 0.10, 0.08])
+_KIND_WEIGHTS = np.array([0.18, 0.07, 0.11, 0.05, 0.09, 0.10, 0.07, 0.11, 0.12, 0.10])
 
 # Reflectance spectra (R, G, B, NIR), 0-1, of the materials (typical tundra values).
 SPECTRA = {
@@ -599,7 +599,7 @@ def render_block(
     """
     size = tile_size * tiles_per_side
     cv = _background(rng, style, size)
-    n_hard = rng.poisson(style.hard_negative_rate * (0.28 if positive else 0.45) * tiles_per_side**2)
+    n_hard = rng.poisson(style.hard_negative_rate * (0.12 if positive else 0.22) * tiles_per_side**2)
     kinds = rng.choice(len(HARD_NEGATIVE_KINDS), size=n_hard, p=_KIND_WEIGHTS / _KIND_WEIGHTS.sum())
     for k in kinds:
         add_hard_negative(cv, rng, style, HARD_NEGATIVE_KINDS[int(k)], tile_size, rts_radius_px(rng, tile_size))

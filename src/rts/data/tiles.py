@@ -32,7 +32,6 @@ from affine import Affine
 from rts.data.tiles_sources import (
     ExtraSource,
     InputError,
-    PolygonSet,
     Resampling,
     Scene,
     extra_channel,
