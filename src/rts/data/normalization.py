@@ -167,6 +167,14 @@ def load_stats(path: Path, expected_hash: str | None = None) -> dict:
     return stats
 
 
+def raw_stack(rgb: np.ndarray, extra: np.ndarray, extra_index: list[int]) -> np.ndarray:
+    """(3+k, H, W) float32 model input before normalisation: RGB then the selected EXTRA bands."""
+    parts = [np.asarray(rgb, np.float32)]
+    if extra_index:
+        parts.append(np.asarray(extra)[extra_index].astype(np.float32))
+    return np.concatenate(parts, axis=0)
+
+
 class Normalizer:
     """Clip to the saved bounds and z-score, for RGB and the selected EXTRA channels.
 
@@ -187,10 +195,7 @@ class Normalizer:
 
     def stack(self, rgb: np.ndarray, extra: np.ndarray) -> np.ndarray:
         """(3+k, H, W) float32 raw values: RGB then the selected EXTRA channels."""
-        parts = [rgb.astype(np.float32)]
-        if self.extra_index:
-            parts.append(np.asarray(extra)[self.extra_index].astype(np.float32))
-        return np.concatenate(parts, axis=0)
+        return raw_stack(rgb, extra, self.extra_index)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Normalise a (C, H, W) or (H, W, C)-agnostic channels-first float array."""

@@ -21,6 +21,7 @@ import rasterio
 import torch
 import torch.nn.functional as F
 
+from rts.data.normalization import raw_stack
 from rts.data.store import TileStore
 from rts.inference.tta import tta_logits
 from rts.io import tile_paths
@@ -85,10 +86,7 @@ class NeighbourWindows:
 
     def _stack(self, tid: str) -> np.ndarray:
         tile = self.store.load(tid)
-        parts = [np.asarray(tile.rgb, np.float32)]
-        if self.extra_index:
-            parts.append(np.asarray(tile.extra)[self.extra_index].astype(np.float32))
-        return np.concatenate(parts)
+        return raw_stack(tile.rgb, tile.extra, self.extra_index)
 
     def window(self, tile_id: str, size: int) -> np.ndarray:
         """(C, size, size) raw values centred on ``tile_id``."""
