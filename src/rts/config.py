@@ -268,11 +268,13 @@ class CalibrateConfig:
     ratios: list[int] = field(default_factory=lambda: [200, 500, 1000])
     iou: float = 0.3
     temperature_bins: int = 2000
+    temperature_ratio: int = 500
 
     def __post_init__(self) -> None:
         _check(0 < self.target_precision <= 1, "calibrate.target_precision", f"must be in (0, 1], got {self.target_precision}")
         _check(0 < self.iou <= 1, "calibrate.iou", "must be in (0, 1]")
         _check(self.temperature_bins >= 100, "calibrate.temperature_bins", "must be >= 100")
+        _check(self.temperature_ratio >= 1, "calibrate.temperature_ratio", "must be >= 1")
 
 
 @dataclass
@@ -309,6 +311,7 @@ class Params:
                 f"{self.train.batch_size} x sampler.pos_fraction_per_batch {self.sampler.pos_fraction_per_batch} "
                 f"= {n_pos} positives per batch; must be a whole number between 1 and batch_size - 1",
             )
+        _check(self.calibrate.iou in self.evaluate.iou_thresholds, "calibrate.iou", f"must be one of evaluate.iou_thresholds {self.evaluate.iou_thresholds}")
         _check(self.train.early_stopping_ratio in self.evaluate.ratios, "train.early_stopping_ratio", f"must be one of evaluate.ratios {self.evaluate.ratios}")
 
 

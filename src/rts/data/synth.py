@@ -224,7 +224,11 @@ class _Tile:
     uids: list[str]
     ignore_px: int
     rts_fraction: float
-    hard_kinds: list[str]
+    hard_fractions: dict[str, float]  # pixel fraction of each hard-negative kind carried
+
+    @property
+    def hard_kinds(self) -> list[str]:
+        return list(self.hard_fractions)
 
 
 def _tiles_per_block(tile_size: int) -> int:
@@ -296,7 +300,9 @@ def _region_tiles(
                         uids=sorted({uids[i] for i in np.unique(inst[label == 1])}),
                         ignore_px=int((label == 255).sum()),
                         rts_fraction=float((inst > 0).mean()),
-                        hard_kinds=[HARD_NEGATIVE_KINDS[i - 1] for i in range(1, len(hard_counts)) if hard_counts[i] >= min_hard_px],
+                        hard_fractions={
+                            HARD_NEGATIVE_KINDS[i - 1]: float(hard_counts[i]) / label.size for i in range(1, len(hard_counts)) if hard_counts[i] >= min_hard_px
+                        },
                     )
                 )
                 if positive:
@@ -458,14 +464,24 @@ def _summary(tiles: list[_Tile], tile_size: int) -> dict[str, Any]:
 
 
 def _catalog(tiles: list[_Tile]) -> dict[str, Any]:
-    """Tile ids that show each phenomenon (for previews and targeted evaluation)."""
+    """Tile ids that show each phenomenon (for previews and targeted evaluation).
+
+    Hard-negative lists are ordered best example first: most pixels of that kind, fewest of others.
+    """
+
+    def purity(t: _Tile, kind: str) -> float:
+        return t.hard_fractions[kind] - sum(f for k, f in t.hard_fractions.items() if k != kind)
+
     uid_tiles: dict[str, list[str]] = {}
     for t in tiles:
         for u in t.uids:
             uid_tiles.setdefault(u, []).append(t.tile_id)
     multi = {u: ids for u, ids in uid_tiles.items() if len(ids) > 1}
     return {
-        "hard_negatives": {k: [t.tile_id for t in tiles if not t.positive and k in t.hard_kinds] for k in HARD_NEGATIVE_KINDS},
+        "hard_negatives": {
+            k: [t.tile_id for t in sorted((t for t in tiles if not t.positive and k in t.hard_fractions), key=lambda t: (-round(purity(t, k), 6), t.tile_id))]
+            for k in HARD_NEGATIVE_KINDS
+        },
         "edge_ignore_tiles": [t.tile_id for t in tiles if t.positive and t.ignore_px],
         "multi_tile_rts": dict(sorted(multi.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:20]),
     }

@@ -83,8 +83,10 @@ def _pick_examples(root: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
         ids = next(iter(catalog["multi_tile_rts"].values()))
         region = ids[0].rsplit("_", 2)[0]
         rows_cols = [tuple(int(v) for v in t.rsplit("_", 2)[1:]) for t in ids]
-        r0, c0 = min(r for r, _ in rows_cols), min(c for _, c in rows_cols)
-        r1, c1 = max(r for r, _ in rows_cols), max(c for _, c in rows_cols)
+        # One tile of context around the tiles that hold label 1: the parts of the RTS whose tiles
+        # were skipped (floor only, all 255) show as gaps.
+        r0, c0 = min(r for r, _ in rows_cols) - 1, min(c for _, c in rows_cols) - 1
+        r1, c1 = max(r for r, _ in rows_cols) + 1, max(c for _, c in rows_cols) + 1
         existing = {row["tile_id"] for row in rows}
         block = [f"{region}_{r:03d}_{c:03d}" for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
         examples.append((f"multi-tile RTS ({len(ids)} tiles)", _mosaic(root, [t for t in block if t in existing])))

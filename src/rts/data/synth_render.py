@@ -527,10 +527,11 @@ def hillshade(dem: np.ndarray, azimuth_deg: float, elevation_deg: float) -> np.n
     return np.clip((-dz_east * sx - dz_north * sy + sz) / norm, 0.0, 1.0).astype(np.float32)
 
 
-def _resample_10m(x: np.ndarray) -> np.ndarray:
-    """What a 10 m band resampled bilinearly onto the 3 m grid looks like."""
+def _resample_10m(x: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
+    """What a noisy 10 m band resampled bilinearly onto the 3 m grid looks like."""
     h, w = x.shape
     small = cv2.resize(x, (max(1, round(w * PIXEL_M / 10)), max(1, round(h * PIXEL_M / 10))), interpolation=cv2.INTER_AREA)
+    small = small + noise * rng.standard_normal(small.shape, dtype=np.float32)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -552,14 +553,18 @@ def sensors(cv: Canvas, rng: np.random.Generator, style: RegionStyle) -> tuple[n
     dn = dn * (1.0 - haze) + style.haze_dn[:, None, None].astype(np.float32) * haze
     dn += style.noise_dn * rng.standard_normal(dn.shape, dtype=np.float32)
     rgb = np.clip(np.round(dn), 0, 255).astype(np.uint8)
-    red = _resample_10m(rad[0].astype(np.float32))
-    nir = _resample_10m(rad[3].astype(np.float32))
-    ndvi = (nir - red) / (nir + red + 1e-4) + 0.01 * rng.standard_normal(red.shape, dtype=np.float32)
-    nir = nir + 0.003 * rng.standard_normal(nir.shape, dtype=np.float32)
-    dem2 = cv2.GaussianBlur(cv.dem, (0, 0), 0.6, borderType=cv2.BORDER_REFLECT)  # 2 m ArcticDEM resampled bilinearly to 3 m
-    re = dem2 - _lowpass(dem2, 16) + 0.05 * rng.standard_normal(dem2.shape, dtype=np.float32)
-    sr = 255.0 * hillshade(dem2, style.sun_azimuth_deg, style.sun_elevation_deg) + rng.standard_normal(dem2.shape, dtype=np.float32)
-    extra = np.stack([ndvi, nir, re, np.clip(sr, 0, 255)]).astype(np.float32)
+    # Sentinel-2 bands: sensor noise at 10 m, then bilinear resampling onto the 3 m grid.
+    red = _resample_10m(rad[0].astype(np.float32), rng, 0.002)
+    nir = _resample_10m(rad[3].astype(np.float32), rng, 0.003)
+    ndvi = (nir - red) / (nir + red + 1e-4)
+    dem2 = cv2.GaussianBlur(cv.dem, (0, 0), 0.6, borderType=cv2.BORDER_REFLECT)  # 2 m ArcticDEM resampled to 3 m
+    dem2 = dem2 + cv2.GaussianBlur(0.05 * rng.standard_normal(dem2.shape, dtype=np.float32), (0, 0), 0.7)
+    re = dem2 - _lowpass(dem2, 16)
+    sr = np.clip(255.0 * hillshade(dem2, style.sun_azimuth_deg, style.sun_elevation_deg), 0, 255)
+    # Quantise like the source products (S2 reflectance is stored as integers of 1e-4): the low
+    # mantissa bits are then zero and LZW with the float predictor compresses the files ~3x.
+    quanta = (2.0**-12, 2.0**-14, 2.0**-8, 2.0**-4)
+    extra = np.stack([np.round(x / q) * q for x, q in zip((ndvi, nir, re, sr), quanta)]).astype(np.float32)
     return rgb, extra
 
 

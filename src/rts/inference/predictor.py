@@ -2,8 +2,8 @@
 
 A package folder (``models/rts-model/`` from the calibrate stage, or ``models/train/`` straight from
 training) holds ``model.pt`` (EMA weights, resolved model and data config, dataset version, git
-commit) and ``normalization_stats.json``; a calibrated package also holds ``calibration.json``
-(temperature and thresholds per ratio and level) and ``model_card.md``. ``load_predictor`` rebuilds
+commit) and ``normalization_stats.json``; a calibrated package also holds
+``threshold_calibration.json`` (temperature, thresholds per ratio and level) and ``model_card.md``. ``load_predictor`` rebuilds
 the network from the saved config alone, refuses statistics whose hash differs from the one
 recorded at training time, and applies exactly the training preprocessing (``Normalizer``).
 """
@@ -22,7 +22,7 @@ from rts.inference.multiscale import predict_multiscale, window_size
 
 MODEL_FILE = "model.pt"
 STATS_FILE = "normalization_stats.json"
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = "threshold_calibration.json"
 
 
 def load_package(path: str | Path) -> dict:

@@ -343,6 +343,9 @@ def _unique(x: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return uniq, scratch[x]
 
 
+_LABEL_PATH_DIVISOR = 64  # levels adding >= H*W/64 pixels are relabelled whole
+
+
 def grid_object_counts(
     prob: np.ndarray,
     label: np.ndarray,
@@ -389,16 +392,23 @@ def grid_object_counts(
     parent = np.arange(n_pix, dtype=np.int64)
     scratch = np.zeros(n_pix, dtype=np.int64)
     size = np.ones(n_pix, dtype=np.int64)
-    ign = (np.asarray(label).ravel() == IGNORE).astype(np.int64)
-    psum = prob.ravel().copy()
+    ign_px = (np.asarray(label).ravel() == IGNORE).astype(np.int64)
+    ign = ign_px.copy()
+    p_px = prob.ravel()
+    psum = p_px.copy()
     first = np.arange(n_pix, dtype=np.int64)
-    # overlap of the component rooted at each pixel with each ground-truth object
+    # overlap of the component rooted at each pixel with each ground-truth object; has_gt marks
+    # roots with any overlap, so merges touch the (n_gt, H*W) table only where it matters
     inter = np.zeros((n_gt, n_pix), dtype=np.int32)
     gl = gt.labels.ravel()
     gpix = np.flatnonzero(gl)
     inter[gl[gpix] - 1, gpix] = 1
+    has_gt = gl > 0
     big = np.zeros(0, dtype=np.int64)  # roots of components with >= min_object_px pixels
     have_prev = False
+    # a level that adds many pixels is cheaper to relabel whole (one ndimage.label) than to
+    # union edge by edge
+    label_path_min = max(1, n_pix // _LABEL_PATH_DIVISOR)
 
     for lev in range(n_levels, 0, -1):
         k = lev - 1
@@ -408,35 +418,65 @@ def grid_object_counts(
                 out[k] = out[k + 1]
             continue
         have_prev = True
-        a = ea[e_starts[lev] : e_starts[lev + 1]]
-        b = eb[e_starts[lev] : e_starts[lev + 1]]
-        if a.size:
-            ra = _find(parent, a)
-            rb = _find(parent, b)
-            diff = ra != rb
-            if diff.any():
-                ra, rb = ra[diff], rb[diff]
-                nodes, inv = _unique(np.concatenate([ra, rb]), scratch)
-                m = ra.size
-                graph = coo_matrix((np.ones(m, dtype=np.int8), (inv[:m], inv[m:])), shape=(nodes.size, nodes.size))
-                n_cc, cc = connected_components(graph, directed=False)
-                rep = np.empty(n_cc, dtype=np.int64)
-                rep[cc] = nodes  # any member will do as the new root
-                size_cc = np.bincount(cc, weights=size[nodes], minlength=n_cc).astype(np.int64)
-                ign_cc = np.bincount(cc, weights=ign[nodes], minlength=n_cc).astype(np.int64)
-                psum_cc = np.bincount(cc, weights=psum[nodes], minlength=n_cc)
-                first_cc = np.full(n_cc, n_pix, dtype=np.int64)
-                np.minimum.at(first_cc, cc, first[nodes])
-                for g in range(n_gt):
-                    row = inter[g, nodes]
-                    if row.any():
-                        inter[g, rep] = np.bincount(cc, weights=row, minlength=n_cc).astype(np.int32)
-                parent[nodes] = rep[cc]
-                size[rep], ign[rep], psum[rep], first[rep] = size_cc, ign_cc, psum_cc, first_cc
-        # sizes only grow, so a big component stays big; new or grown ones hold a new pixel
-        new_roots = _find(parent, new)
-        new_roots = new_roots[size[new_roots] >= min_object_px]
-        big, _ = _unique(np.concatenate([_find(parent, big), new_roots]), scratch)
+        if new.size >= label_path_min:
+            lab, n_lab = ndi.label(q >= lev, structure=EIGHT)
+            lf = lab.ravel()
+            old_on = pix_by_level[pix_starts[lev + 1] :]
+            old_roots = _unique(_find(parent, old_on), scratch)[0] if old_on.size else old_on
+            on_idx = np.flatnonzero(lf)
+            lab_on = lf[on_idx]
+            # ndimage numbers components by first pixel in raster order: first occurrences
+            prev_max = np.maximum.accumulate(np.r_[0, lab_on[:-1]])
+            rep_of = np.zeros(n_lab + 1, dtype=np.int64)
+            rep_of[1:] = on_idx[lab_on > prev_max]
+            rep = rep_of[1:]
+            size[rep] = np.bincount(lab_on, minlength=n_lab + 1)[1:]
+            ign[rep] = np.bincount(lab_on, weights=ign_px[on_idx], minlength=n_lab + 1)[1:].astype(np.int64)
+            psum[rep] = np.bincount(lab_on, weights=p_px[on_idx], minlength=n_lab + 1)[1:]
+            first[rep] = rep
+            if n_gt:
+                g_on = gpix[lf[gpix] > 0]
+                cnt = np.bincount(lf[g_on] * n_gt + (gl[g_on] - 1), minlength=(n_lab + 1) * n_gt).reshape(n_lab + 1, n_gt)
+                inter[:, rep] = cnt[1:].T
+                has_gt[rep] = cnt[1:].any(axis=1)
+            parent[old_roots] = rep_of[lf[old_roots]]
+            parent[new] = rep_of[lf[new]]
+            parent[rep] = rep
+            big = rep[size[rep] >= min_object_px]
+        else:
+            a = ea[e_starts[lev] : e_starts[lev + 1]]
+            b = eb[e_starts[lev] : e_starts[lev + 1]]
+            if a.size:
+                ra = _find(parent, a)
+                rb = _find(parent, b)
+                diff = ra != rb
+                if diff.any():
+                    ra, rb = ra[diff], rb[diff]
+                    nodes, inv = _unique(np.concatenate([ra, rb]), scratch)
+                    m = ra.size
+                    graph = coo_matrix((np.ones(m, dtype=np.int8), (inv[:m], inv[m:])), shape=(nodes.size, nodes.size))
+                    n_cc, cc = connected_components(graph, directed=False)
+                    rep = np.empty(n_cc, dtype=np.int64)
+                    rep[cc] = nodes  # any member will do as the new root
+                    size_cc = np.bincount(cc, weights=size[nodes], minlength=n_cc).astype(np.int64)
+                    ign_cc = np.bincount(cc, weights=ign[nodes], minlength=n_cc).astype(np.int64)
+                    psum_cc = np.bincount(cc, weights=psum[nodes], minlength=n_cc)
+                    first_cc = np.full(n_cc, n_pix, dtype=np.int64)
+                    np.minimum.at(first_cc, cc, first[nodes])
+                    g_nodes = has_gt[nodes]
+                    if n_gt and g_nodes.any():
+                        sub = inter[:, nodes[g_nodes]]
+                        key = cc[g_nodes][None, :] * n_gt + np.arange(n_gt)[:, None]
+                        acc = np.bincount(key.ravel(), weights=sub.ravel(), minlength=n_cc * n_gt).reshape(n_cc, n_gt)
+                        touched = np.unique(cc[g_nodes])
+                        inter[:, rep[touched]] = acc[touched].T.astype(np.int32)
+                        has_gt[rep[touched]] = True
+                    parent[nodes] = rep[cc]
+                    size[rep], ign[rep], psum[rep], first[rep] = size_cc, ign_cc, psum_cc, first_cc
+            # sizes only grow, so a big component stays big; new or grown ones hold a new pixel
+            new_roots = _find(parent, new)
+            new_roots = new_roots[size[new_roots] >= min_object_px]
+            big, _ = _unique(np.concatenate([_find(parent, big), new_roots]), scratch)
         roots = big[2 * ign[big] < size[big]]
         n_pred = roots.size
         out[k, :, 0] = 0

@@ -47,6 +47,10 @@ class CheckpointManager:
         if is_best:
             save_atomic(state, self.best_path)
 
+    def clear(self) -> None:
+        for p in [self.last_path, self.best_path, *self.numbered()]:
+            p.unlink(missing_ok=True)
+
     def latest(self) -> Path | None:
         return self.last_path if self.last_path.exists() else None
 

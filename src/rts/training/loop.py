@@ -172,8 +172,10 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     if resume_path is not None:
         state = load(resume_path)
         if state.get("config_fingerprint") != fingerprint:
-            if dist.is_main:
-                log.warning("%s was written by a different configuration; starting fresh", resume_path)
+            if dist.is_main:  # another experiment's checkpoints: never mix them with this run's
+                log.warning("%s was written by a different configuration; removing its checkpoints and starting fresh", resume_path)
+                ckpts.clear()
+            D.barrier()
         else:
             unwrap(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
