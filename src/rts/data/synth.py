@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rasterio.transform import from_origin
+from affine import Affine
 from rasterio.warp import transform as warp_transform
 
 from rts.data import synth_render as render
@@ -284,7 +284,7 @@ def _region_tiles(
                 hard_counts = np.bincount(block.hard[win].ravel(), minlength=len(HARD_NEGATIVE_KINDS) + 1)
                 row, col = row0 + ty, col0 + tx
                 tile_id = f"{region.slug}_{row:03d}_{col:03d}"
-                transform = from_origin(x0 + col * tile_size * PIXEL_SIZE_M, y0 - row * tile_size * PIXEL_SIZE_M, PIXEL_SIZE_M, PIXEL_SIZE_M)
+                transform = Affine(PIXEL_SIZE_M, 0.0, x0 + col * tile_size * PIXEL_SIZE_M, 0.0, -PIXEL_SIZE_M, y0 - row * tile_size * PIXEL_SIZE_M)
                 paths = tile_paths(out_dir, tile_id)
                 write_geotiff(paths["rgb"], np.ascontiguousarray(block.rgb[(slice(None),) + win]), transform)
                 write_geotiff(paths["extra"], np.ascontiguousarray(block.extra[(slice(None),) + win]), transform)
