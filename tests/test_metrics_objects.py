@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from rts.metrics import objects
 from rts.metrics import (
     coco_ap,
     grid_object_counts,
@@ -149,7 +150,10 @@ def test_greedy_matching_equals_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_grid_pass_equals_per_threshold_labelling(seed):
+@pytest.mark.parametrize("divisor", [1, 64, 10**9], ids=["union-edges", "mixed", "relabel-levels"])
+def test_grid_pass_equals_per_threshold_labelling(seed, divisor, monkeypatch):
+    # the divisor decides which levels are relabelled whole; force each path and the mix
+    monkeypatch.setattr(objects, "_LABEL_PATH_DIVISOR", divisor)
     rng = np.random.default_rng(100 + seed)
     prob, label = _random_scene(rng, size=40)
     thresholds = grid_thresholds(25)

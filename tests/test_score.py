@@ -76,3 +76,9 @@ def test_cli_error_exit_code(tmp_path):
     _scene(tmp_path)
     (tmp_path / "pred" / "pos.tif").unlink()
     assert main(["score", str(tmp_path / "pred"), str(tmp_path / "lab")]) == 2
+
+
+def test_corrupt_file_is_named(tmp_path):
+    _scene(tmp_path)
+    (tmp_path / "pred" / "pos.tif").write_bytes(b"not a tiff")
+    _expect(tmp_path, r"pos\.tif: cannot read GeoTIFF")

@@ -223,7 +223,7 @@ class _Tile:
     label_fraction: float
     uids: list[str]
     ignore_px: int
-    rts_fraction: float
+    rts_area_px: dict[str, int]  # whole-RTS area (all tiles) of each UID labelled 1 here
     hard_fractions: dict[str, float]  # pixel fraction of each hard-negative kind carried
 
     @property
@@ -266,6 +266,7 @@ def _region_tiles(
         # Blocks sit on the region grid with a one-tile gap, so no content is cut at a seam.
         row0, col0 = (k // blocks_per_row) * (b + 1), (k % blocks_per_row) * (b + 1)
         uids = [str(uuid.uuid5(_UID_NAMESPACE, f"{seed}/{region.slug}/{tile_size}/{k}/{i}")) for i in range(block.n_rts + 1)]
+        areas = np.bincount(block.instance.ravel(), minlength=block.n_rts + 1)
         for ty in range(b):
             for tx in range(b):
                 win = (slice(ty * tile_size, (ty + 1) * tile_size), slice(tx * tile_size, (tx + 1) * tile_size))
@@ -276,11 +277,11 @@ def _region_tiles(
                     skipped += 1  # only floor or only headwall of some RTS inside
                     continue
                 positive = n_one > 0
-                if positive and (n_one < min_pos_px or need_pos <= 0):
-                    skipped += positive and n_one < min_pos_px
+                if positive and n_one < min_pos_px:
+                    skipped += 1  # a sliver of RTS: not a useful positive
                     continue
-                if not positive and need_neg <= 0:
-                    continue
+                if (need_pos if positive else need_neg) <= 0:
+                    continue  # this class's quota is already met
                 hard_counts = np.bincount(block.hard[win].ravel(), minlength=len(HARD_NEGATIVE_KINDS) + 1)
                 row, col = row0 + ty, col0 + tx
                 tile_id = f"{region.slug}_{row:03d}_{col:03d}"
@@ -298,8 +299,8 @@ def _region_tiles(
                         transform=transform,
                         label_fraction=n_one / label.size,
                         uids=sorted({uids[i] for i in np.unique(inst[label == 1])}),
+                        rts_area_px={uids[i]: int(areas[i]) for i in np.unique(inst[label == 1])},
                         ignore_px=int((label == 255).sum()),
-                        rts_fraction=float((inst > 0).mean()),
                         hard_fractions={
                             HARD_NEGATIVE_KINDS[i - 1]: float(hard_counts[i]) / label.size for i in range(1, len(hard_counts)) if hard_counts[i] >= min_hard_px
                         },
@@ -473,9 +474,11 @@ def _catalog(tiles: list[_Tile]) -> dict[str, Any]:
         return t.hard_fractions[kind] - sum(f for k, f in t.hard_fractions.items() if k != kind)
 
     uid_tiles: dict[str, list[str]] = {}
+    area: dict[str, int] = {}
     for t in tiles:
         for u in t.uids:
             uid_tiles.setdefault(u, []).append(t.tile_id)
+        area.update(t.rts_area_px)
     multi = {u: ids for u, ids in uid_tiles.items() if len(ids) > 1}
     return {
         "hard_negatives": {
@@ -483,7 +486,8 @@ def _catalog(tiles: list[_Tile]) -> dict[str, Any]:
             for k in HARD_NEGATIVE_KINDS
         },
         "edge_ignore_tiles": [t.tile_id for t in tiles if t.positive and t.ignore_px],
-        "multi_tile_rts": dict(sorted(multi.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:20]),
+        # The 20 largest RTS that are labelled 1 in more than one tile, largest first.
+        "multi_tile_rts": dict(sorted(multi.items(), key=lambda kv: (-area[kv[0]], kv[0]))[:20]),
     }
 
 

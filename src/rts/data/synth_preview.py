@@ -135,5 +135,6 @@ def write_preview(dataset_dir: Path, png: Path) -> None:
     fig.suptitle(f"{Path(dataset_dir).name}: RGB | label (red 1, yellow 255) | NDVI | shaded relief", fontsize=9)
     fig.tight_layout()
     with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png", metadata={"Software": None})
+        fig.savefig(tmp, dpi=72, format="png", metadata={"Software": None}, pil_kwargs={"optimize": True})
+        tmp.chmod(0o644)  # a document for others to read, not a private temp file
     plt.close(fig)

@@ -111,7 +111,7 @@ def make_style(rng: np.random.Generator) -> RegionStyle:
         cast=rng.uniform(0.92, 1.08, 3),
         haze=float(rng.uniform(0.0, 0.25)),
         haze_dn=np.array([170.0, 180.0, 195.0]) * rng.uniform(0.9, 1.1),
-        sun_azimuth_deg=float(rng.uniform(0.0, 360.0)),
+        sun_azimuth_deg=float(rng.uniform(100.0, 260.0)),  # daytime sun, from ESE to WSW
         sun_elevation_deg=float(rng.uniform(20.0, 40.0)),
         ambient=float(rng.uniform(0.25, 0.4)),
         relief_m=float(rng.uniform(3.0, 15.0)),

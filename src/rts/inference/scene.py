@@ -78,8 +78,8 @@ class Region:
         """(minx, miny, maxx, maxy) in EPSG:3413 of a pass's centre tile."""
         t = self.transform
         c0, r0 = tile.col - self.col_off, tile.row - self.row_off
-        x0, y0 = t * (c0, r0)
-        x1, y1 = t * (c0 + tile_size, r0 + tile_size)
+        x0, y0 = t @ (c0, r0)
+        x1, y1 = t @ (c0 + tile_size, r0 + tile_size)
         return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
 
 
@@ -129,7 +129,8 @@ def open_source(path: str, warp: dict | None):
         if warp is None:
             yield src
         else:
-            with WarpedVRT(src, **warp) as vrt:
+            # without source nodata, an alpha band marks the area outside the reprojected footprint
+            with WarpedVRT(src, **warp, add_alpha=src.nodata is None) as vrt:
                 yield vrt
 
 
@@ -301,7 +302,7 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
     inv = ~transform
     boxes = []
     for tid, minx, miny, maxx, maxy in rows:
-        (ca, ra), (cb, rb) = inv * (minx, maxy), inv * (maxx, miny)
+        (ca, ra), (cb, rb) = inv @ (minx, maxy), inv @ (maxx, miny)
         r0, r1 = sorted((int(round(ra)), int(round(rb))))
         c0, c1 = sorted((int(round(ca)), int(round(cb))))
         r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, H), min(c1, W)
@@ -323,5 +324,5 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
             if (e.height, e.width) != (H, W) or not e.transform.almost_equals(transform):
                 raise ValueError(f"{extra}: EXTRA grid differs from the mosaic {mosaic}; they must share one grid")
     return Region(name=name, rgb=str(mosaic), extra=str(extra) if extra else None, row_off=top, col_off=left,
-                  height=bottom - top, width=right - left, transform=transform * Affine.translation(left, top),
+                  height=bottom - top, width=right - left, transform=transform @ Affine.translation(left, top),
                   source_shape=(H, W), tiles=tiles, warp=warp, boxes=boxes, extra_bands=list(extra_bands or []))

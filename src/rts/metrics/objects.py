@@ -433,6 +433,7 @@ def grid_object_counts(
     size = np.ones(n_pix, dtype=np.int64)
     ign_px = (np.asarray(label).ravel() == IGNORE).astype(np.float64)
     ign = ign_px.astype(np.int64)
+    any_ignore = bool(ign.any())
     p_px = prob.ravel()
     psum = p_px.copy()
     first = np.arange(n_pix, dtype=np.int64)
@@ -469,7 +470,10 @@ def grid_object_counts(
             rep = rep_of[1:]
             parent[on_idx] = rep_of[lab_on]  # flattens every tree
             size[rep] = np.bincount(lab_on, minlength=n_lab + 1)[1:]
-            ign[rep] = np.bincount(lf, weights=ign_px, minlength=n_lab + 1)[1:].astype(np.int64)
+            if any_ignore:  # most tiles have no 255 pixels: skip a full-tile pass
+                ign[rep] = np.bincount(lf, weights=ign_px, minlength=n_lab + 1)[1:].astype(np.int64)
+            else:
+                ign[rep] = 0
             psum[rep] = np.bincount(lf, weights=p_px, minlength=n_lab + 1)[1:]
             first[rep] = rep
             if n_gt:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -108,7 +109,9 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     tc, oc = params.train, params.optim
     # ---------------------------------------------------------------- distributed init, seeds
     dist = D.init_distributed()
-    D.seed_everything(params.seed, dist.rank, tc.deterministic)
+    # Same seed on every rank while building the model, so initial weights (and the EMA copied
+    # from them) agree before DDP broadcasts; rank-offset seeds afterwards for data and dropout.
+    D.seed_everything(params.seed, 0, tc.deterministic)
     device = dist.device
     amp = amp_settings(device, tc.mixed_precision)
 
@@ -145,6 +148,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
 
     # ---------------------------------------------------------------- model, loss, optimiser
     model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels)).to(device)
+    D.seed_everything(params.seed, dist.rank, tc.deterministic)
     if tc.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if tc.sync_batchnorm and dist.backend == "nccl":
@@ -202,6 +206,10 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
 
     ddp_model = model
     frozen = None
+    # Test hooks (environment only, never params): record sampled tiles and weights; self-SIGTERM.
+    debug_dir = os.environ.get("RTS_DEBUG_DIR")
+    kill_at_step = int(os.environ.get("RTS_DEBUG_KILL_AT_STEP", "0")) or None
+    seen: list[int] = []
 
     def set_frozen(flag: bool) -> torch.nn.Module:
         """Freeze/unfreeze the encoder; DDP must be rebuilt since it registers trainable params once."""
@@ -251,6 +259,10 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
             if ema is not None:
                 ema.update(model)
             global_step += 1
+            if debug_dir is not None:
+                seen.extend(int(k) for k in batch["index"])
+            if kill_at_step == global_step:  # test hook: simulate preemption mid-epoch
+                os.kill(os.getpid(), signal.SIGTERM)
             with torch.no_grad():
                 main = outputs[0] if isinstance(outputs, tuple) else outputs
                 pred = (main.float() > 0) & (valid > 0)
@@ -296,6 +308,11 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
             }
             ckpts.save(state, epoch=epoch, is_best=improved_this_epoch)
         D.barrier()
+
+    if debug_dir is not None:  # test hook: what this rank trained on, and its final weights
+        # parameters only: BatchNorm running stats are rank-local between DDP's buffer broadcasts
+        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in unwrap(model).parameters())).hexdigest()
+        write_json_atomic(Path(debug_dir) / f"rank{dist.rank}.json", {"indices": seen, "weights_sha256": digest})
 
     # ---------------------------------------------------------------- outputs (rank 0)
     if stop and dist.is_main:

@@ -1,0 +1,509 @@
+"""``rts predict``: RTS probability, mask and polygons over scenes or a tile list (docs/inference.md).
+
+One *region* (a scene, or a tile list's bounding box over a mosaic) is processed at a time:
+
+1. passes (``tile_size`` px, ``stride`` px apart) are read by DataLoader workers (``TileWindows``)
+   while the model runs, batched on the device;
+2. each pass's fused probability (TTA mean within a scale, max across scales, calibrated) is merged
+   by pixel-wise maximum into a float32 ``np.memmap`` in ``OUT/.work/<name>/``, with a uint8 memmap
+   holding ``1 + index`` of the winning scale (0 = no pass wrote the pixel yet / nodata);
+3. finished passes are appended to ``manifest.jsonl`` only after the memmaps are flushed, so a
+   killed run resumes from the manifest; the merge is idempotent (re-running a pass whose writes
+   were partly flushed gives the same bytes);
+4. when every pass is done, the COGs and GeoPackage are written block by block and renamed into
+   place, and the memmaps are deleted (``--keep-work`` keeps them).
+
+The run log (``OUT/run_log.json``) is written at the end of every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rts.inference.multiscale import VALID_SCALES, crop_centre
+from rts.inference.outputs import (
+    MASK_NODATA,
+    PROB_NODATA,
+    dissolve,
+    finalize,
+    polygonize_block,
+    windows,
+    write_cog,
+    write_gpkg,
+)
+from rts.inference.predictor import MODEL_FILE, Predictor, load_predictor
+from rts.inference.scene import (
+    TILE_ERROR,
+    TILE_NODATA,
+    TILE_OK,
+    Region,
+    TileWindows,
+    collate,
+    fuse_scales,
+    region_for_scene,
+    region_for_tiles,
+)
+from rts.io import file_sha256, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+RUN_LOG = "run_log.json"
+KILL_ENV = "RTS_PREDICT_KILL_AFTER_TILES"  # test hook: SIGKILL itself after this many passes (before their manifest line)
+
+
+def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
+    """The three outputs of region ``name``."""
+    out = Path(out_dir)
+    return {"prob": out / f"{name}.prob.tif", "mask": out / f"{name}.mask.tif", "polygons": out / f"{name}.gpkg"}
+
+
+def resolve_threshold(predictor: Predictor, threshold: float | None, ratio: int = 500, level: str = "object") -> tuple[float, str]:
+    """The operating threshold and where it came from: ``threshold`` if given, else the calibrated one.
+
+    Raises:
+        ValueError: no ``threshold`` and the package has no calibrated threshold for ``ratio``.
+    """
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
+        return float(threshold), "--threshold"
+    try:
+        return predictor.threshold(ratio, level), f"calibrated 1:{ratio} {level}"
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"no threshold: {e.args[0]}. The model package has no usable calibration.json threshold; "
+                         f"pass --threshold or use the calibrated package (models/rts-model/)") from None
+
+
+# ------------------------------------------------------------------------------ state on disk
+
+
+class RegionState:
+    """Accumulator memmaps and the manifest of finished passes of one region."""
+
+    def __init__(self, work: Path, region: Region, settings: dict):
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        settings_file = work / "settings.json"
+        if settings_file.exists():
+            saved = json.loads(settings_file.read_text())
+            if saved != settings:
+                diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+                raise ValueError(f"{work}: unfinished outputs made with different settings ({', '.join(diff)}); "
+                                 f"use a new output folder or delete {work} to start over")
+        else:
+            write_json_atomic(settings_file, settings)
+        shape = (region.height, region.width)
+        self.prob = self._memmap(work / "prob.f32", np.float32, shape)
+        self.scale = self._memmap(work / "scale.u8", np.uint8, shape)
+        self.manifest_path = work / "manifest.jsonl"
+        self.done: dict[str, dict] = self._read_manifest()
+
+    @staticmethod
+    def _memmap(path: Path, dtype, shape) -> np.memmap:
+        # a new file is sparse zeros: 0 in the scale map means "no pass has written this pixel"
+        return np.memmap(path, dtype=dtype, mode="r+" if path.exists() else "w+", shape=shape)
+
+    def _read_manifest(self) -> dict[str, dict]:
+        done: dict[str, dict] = {}
+        if not self.manifest_path.exists():
+            return done
+        good = 0
+        with open(self.manifest_path, "rb") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is redone
+                if not line.endswith(b"\n"):
+                    break
+                done[rec["tile"]] = rec
+                good += len(line)
+        with open(self.manifest_path, "r+b") as f:
+            f.truncate(good)
+        return done
+
+    def record(self, entries: list[dict]) -> None:
+        """Flush the accumulators, then append the passes as finished (in that order: see module doc)."""
+        self.prob.flush()
+        self.scale.flush()
+        with open(self.manifest_path, "a") as f:
+            f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
+        for e in entries:
+            self.done[e["tile"]] = e
+
+    def close(self, delete: bool) -> None:
+        for m in (self.prob, self.scale):
+            m.flush()
+            mm = getattr(m, "_mmap", None)
+            if mm is not None:
+                mm.close()
+        if delete:
+            for name in ("prob.f32", "scale.u8"):
+                (self.work / name).unlink(missing_ok=True)
+
+
+def merge_pass(prob_acc: np.ndarray, scale_acc: np.ndarray, region: Region, row: int, col: int,
+               prob: np.ndarray, scale_idx: np.ndarray, valid: np.ndarray) -> None:
+    """Pixel-wise maximum of one pass (source origin ``row, col``) into the region accumulators.
+
+    Ties take the newer pass's scale: re-running a pass is then a no-op on the bytes, which is what
+    makes resume exact.
+    """
+    T = prob.shape[-1]
+    r, c = row - region.row_off, col - region.col_off
+    r0, c0, r1, c1 = max(r, 0), max(c, 0), min(r + T, region.height), min(c + T, region.width)
+    if r1 <= r0 or c1 <= c0:
+        return
+    p = prob[r0 - r : r1 - r, c0 - c : c1 - c]
+    s = scale_idx[r0 - r : r1 - r, c0 - c : c1 - c]
+    v = valid[r0 - r : r1 - r, c0 - c : c1 - c].astype(bool)
+    a, sc = prob_acc[r0:r1, c0:c1], scale_acc[r0:r1, c0:c1]
+    upd = v & ((sc == 0) | (p >= a))
+    a[upd] = p[upd]
+    sc[upd] = s[upd].astype(np.uint8) + 1
+
+
+# ------------------------------------------------------------------------------ passes
+
+
+@torch.no_grad()
+def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(probability (B, T, T) float32, scale index (B, T, T)) of raw largest-scale windows."""
+    big = windows_raw.to(predictor.device, non_blocking=True)
+    per_scale = [predictor.logits({s: crop_centre(big, size)}) for s, size in predictor.window_sizes().items()]
+    prob, idx = fuse_scales(per_scale)
+    return prob.float().cpu().numpy(), idx.to(torch.uint8).cpu().numpy()
+
+
+def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, batch_size: int, num_workers: int,
+                errors: list[dict]) -> dict[str, int]:
+    todo = [t for t in region.tiles if t.tile_id not in state.done]
+    counts = {"run": 0, "error": 0}
+    if not todo:
+        return counts
+    window = max(predictor.window_sizes().values())
+    dataset = TileWindows(region, todo, tile_size=predictor.tile_size, window=window)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+        pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if num_workers else None,
+    )
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    try:
+        for batch in loader:
+            entries: list[dict] = []
+            tile_max: dict[int, float] = {}
+            if batch["windows"] is not None:
+                prob, idx = predict_batch(predictor, batch["windows"])
+                valid = batch["valid"].numpy()
+                for j, i in enumerate(batch["ok_index"]):
+                    t = todo[i]
+                    merge_pass(state.prob, state.scale, region, t.row, t.col, prob[j], idx[j], valid[j])
+                    v = valid[j].astype(bool)
+                    tile_max[i] = float(prob[j][v].max()) if v.any() else 0.0
+            for i, status, msg in zip(batch["index"], batch["status"], batch["message"]):
+                if status == TILE_ERROR:
+                    counts["error"] += 1
+                    errors.append({"region": region.name, "tile": todo[i].tile_id, "error": msg})
+                    log.error("%s", msg)
+                    continue  # not recorded as finished: a re-run retries it
+                entries.append({"tile": todo[i].tile_id, "status": status, "max_prob": tile_max.get(i)})
+            counts["run"] += len(batch["index"])
+            if kill_after and counts["run"] >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            state.record(entries)
+            log.debug("%s: %d/%d passes", region.name, len(state.done), len(region.tiles))
+    finally:
+        dataset.close()
+    return counts
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def _box_cover(region: Region, r: int, c: int, h: int, w: int) -> np.ndarray | None:
+    """Tile-list mode: True where a block pixel lies inside a listed box (None: a scene, all inside)."""
+    if region.boxes is None:
+        return None
+    cover = np.zeros((h, w), bool)
+    b = np.array([x[1:] for x in region.boxes], np.int64) - [region.row_off, region.col_off, region.row_off, region.col_off]
+    hit = (b[:, 0] < r + h) & (b[:, 2] > r) & (b[:, 1] < c + w) & (b[:, 3] > c)
+    for r0, c0, r1, c1 in b[hit]:
+        cover[max(r0 - r, 0) : min(r1 - r, h), max(c0 - c, 0) : min(c1 - c, w)] = True
+    return cover
+
+
+def _read_outputs(region: Region, state: RegionState, r: int, c: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prob = np.array(state.prob[r : r + h, c : c + w])
+    scale = np.array(state.scale[r : r + h, c : c + w])
+    covered = scale > 0
+    box = _box_cover(region, r, c, h, w)
+    if box is not None:
+        covered &= box
+    return prob, scale, covered
+
+
+def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshold: float, scales: tuple[float, ...],
+                  tile_size: int, blocksize: int = 512) -> dict[str, Any]:
+    """Write the probability COG, mask COG and polygons of a finished region; return summary counts."""
+    from affine import Affine
+
+    paths = output_paths(out_dir, region.name)
+
+    def prob_block(r, c, h, w):
+        prob, _, covered = _read_outputs(region, state, r, c, h, w)
+        return np.where(covered, prob, np.float32(PROB_NODATA)).astype(np.float32)
+
+    def mask_block(r, c, h, w):
+        prob, _, covered = _read_outputs(region, state, r, c, h, w)
+        return np.where(covered, (prob >= threshold).astype(np.uint8), np.uint8(MASK_NODATA))
+
+    common = dict(height=region.height, width=region.width, transform=region.transform, blocksize=blocksize, work_dir=state.work)
+    write_cog(paths["prob"], prob_block, dtype="float32", nodata=PROB_NODATA, resampling="AVERAGE", **common)
+    write_cog(paths["mask"], mask_block, dtype="uint8", nodata=MASK_NODATA, resampling="NEAREST", **common)
+
+    scale_values = np.array([0.0, *scales], np.float64)  # scale map holds 1 + index
+    records: list[dict] = []
+    for r, c, h, w in windows(region.height, region.width, 2048):
+        prob, scale, covered = _read_outputs(region, state, r, c, h, w)
+        mask = covered & (prob >= threshold)
+        if mask.any():
+            records += polygonize_block(prob, mask, scale_values[scale], region.transform @ Affine.translation(c, r))
+    if region.boxes is not None:
+        inv = region.transform
+        footprints = []
+        for tid, r0, c0, r1, c1 in region.boxes:
+            (x0, y0), (x1, y1) = inv @ (c0 - region.col_off, r0 - region.row_off), inv @ (c1 - region.col_off, r1 - region.row_off)
+            footprints.append((tid, (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))))
+    else:
+        ok = {k for k, v in state.done.items() if v["status"] == TILE_OK}
+        footprints = [(t.tile_id, region.tile_bounds(t, tile_size)) for t in region.tiles if t.tile_id in ok]
+    columns = finalize(dissolve(records), footprints)
+    write_gpkg(paths["polygons"], columns)
+    return {"rts_count": int(len(columns["rts_id"])), "total_rts_area_m2": float(columns["area_m2"].sum()),
+            "outputs": {k: str(v) for k, v in paths.items()}}
+
+
+def object_scores(region: Region, state: RegionState, labels: str, *, threshold: float, min_object_px: int, iou: float) -> dict:
+    """Object recall/precision of the region's mask against a label raster on the same grid."""
+    import rasterio
+
+    from rts.metrics import gt_components, match_objects, pred_components
+
+    with rasterio.open(labels) as src:
+        if (src.height, src.width) != (region.height, region.width) or not src.transform.almost_equals(region.transform):
+            raise ValueError(f"{labels}: label grid {src.width}x{src.height} differs from the scene grid "
+                             f"{region.width}x{region.height}; labels must be on the (EPSG:3413, 3 m) scene grid")
+        label = src.read(1)
+    prob, _, covered = _read_outputs(region, state, 0, 0, region.height, region.width)
+    prob = np.where(covered, prob, 0.0)
+    pred = pred_components(prob, label, threshold, min_object_px=min_object_px)
+    gt = gt_components(label, min_object_px=min_object_px)
+    tp, fp, fn, _ = match_objects(pred, gt, iou)
+    return {"labels": str(labels), "iou": iou, "min_object_px": min_object_px, "tp": tp, "fp": fp, "fn": fn,
+            "object_recall": tp / (tp + fn) if tp + fn else None, "object_precision": tp / (tp + fp) if tp + fp else None}
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
+                   stride: int, batch_size: int = 8, num_workers: int = 2, blocksize: int = 512,
+                   keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None) -> dict:
+    """Predict every pass of ``region`` (resuming from its manifest), then write its outputs.
+
+    Returns:
+        The region's entry of the run log (counts, outputs, object scores when labels are set).
+    """
+    out_dir = Path(out_dir)
+    errors = [] if errors is None else errors
+    work = out_dir / WORK_DIR / region.name
+    settings = {"model": predictor.meta.get("normalization_stats_sha256"), "git_commit": predictor.meta.get("git_commit"),
+                "scales": list(predictor.scales), "tta": predictor.tta, "tile_size": predictor.tile_size, "stride": stride,
+                "temperature": predictor.temperature, "source": region.rgb, "extra": region.extra,
+                "grid": [region.row_off, region.col_off, region.height, region.width, list(region.transform)[:6]],
+                "tiles": len(region.tiles)}
+    done_file = work / "done.json"
+    entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
+                             "tiles_total": len(region.tiles)}
+    if done_file.exists():
+        done = json.loads(done_file.read_text())
+        if done["settings"] == settings and done["threshold"] == threshold and all(Path(p).exists() for p in done["summary"]["outputs"].values()):
+            log.info("%s: already complete, skipped", region.name)
+            return {**done["summary"], "tiles_run": 0, "resumed": True}
+        if not (work / "prob.f32").exists():
+            raise ValueError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
+                             f"use a new output folder (or --keep-work to re-threshold later)")
+        done_file.unlink()
+    state = RegionState(work, region, settings)
+    try:
+        resumed = len(state.done)
+        if resumed:
+            log.info("%s: resuming, %d/%d passes already done", region.name, resumed, len(region.tiles))
+        n_err_before = len(errors)
+        counts = _run_passes(predictor, region, state, batch_size=batch_size, num_workers=num_workers, errors=errors)
+        statuses = [v["status"] for v in state.done.values()]
+        entry.update(
+            tiles_processed=statuses.count(TILE_OK), tiles_skipped_nodata=statuses.count(TILE_NODATA),
+            tiles_error=len(errors) - n_err_before, tiles_resumed=resumed, tiles_run=counts["run"],
+            tiles_with_detections=sum(1 for v in state.done.values() if v["status"] == TILE_OK and v["max_prob"] >= threshold),
+        )
+        if len(state.done) < len(region.tiles):
+            entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
+            return entry
+        entry.update(write_outputs(region, state, out_dir, threshold=threshold, scales=predictor.scales,
+                                   tile_size=predictor.tile_size, blocksize=blocksize))
+        if region.labels:
+            entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou)
+        entry["complete"] = True
+        write_json_atomic(done_file, {"settings": settings, "threshold": threshold, "summary": entry})
+    finally:
+        state.close(delete=entry.get("complete", False) and not keep_work)
+    return entry
+
+
+def predict_scene(predictor: Predictor, scene: str | os.PathLike, out_dir: str | os.PathLike, *, threshold: float,
+                  extra: str | os.PathLike | None = None, labels: str | os.PathLike | None = None, stride: int | None = None,
+                  **kwargs: Any) -> dict:
+    """Predict one RGB scene (GeoTIFF/VRT, any CRS: reprojected to EPSG:3413 at 3 m) into ``out_dir``.
+
+    Args:
+        predictor: From ``load_predictor``.
+        scene: RGB uint8 3-band raster.
+        out_dir: Output folder; ``<stem>.prob.tif``, ``<stem>.mask.tif``, ``<stem>.gpkg`` are written.
+        threshold: Probability threshold of the mask and polygons.
+        extra: 4-band EXTRA raster on the scene's grid; required when the model uses EXTRA channels.
+        labels: Optional label raster (scene grid) for object recall in the log.
+        stride: Pass spacing in pixels (default ``tile_size // 2``).
+        **kwargs: ``predict_region`` options (batch_size, num_workers, blocksize, keep_work, ...).
+    """
+    stride = stride or predictor.tile_size // 2
+    _check_extra(predictor, extra, scene)
+    region = region_for_scene(scene, tile_size=predictor.tile_size, stride=stride, extra=extra,
+                              extra_bands=predictor.normalizer.extra_index, labels=labels)
+    return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
+
+
+def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  threshold: float, extra: str | os.PathLike | None = None, stride: int | None = None, **kwargs: Any) -> dict:
+    """Predict the tiles of a CSV list (``tile_id, minx, miny, maxx, maxy``, EPSG:3413) over a mosaic.
+
+    Outputs cover the bounding box of the listed tiles (pixels outside every tile are nodata) and
+    are named after the CSV's stem. See ``region_for_tiles`` for the pass grid.
+    """
+    stride = stride or predictor.tile_size // 2
+    _check_extra(predictor, extra, mosaic)
+    region = region_for_tiles(tile_list, mosaic, tile_size=predictor.tile_size, stride=stride, extra=extra,
+                              extra_bands=predictor.normalizer.extra_index)
+    return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
+
+
+def _check_extra(predictor: Predictor, extra, scene) -> None:
+    if predictor.extra_channels and extra is None:
+        raise ValueError(f"{scene}: the model uses EXTRA channels {predictor.extra_channels}; pass --extra FILE "
+                         "(4 bands ndvi, nir, re, sr on the scene's grid)")
+
+
+def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes: list[str] = (), extras: list[str] = (),
+                labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
+                tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
+                **kwargs: Any) -> dict:
+    """Everything ``rts predict`` does: load the package, predict each input, write the run log.
+
+    A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if bool(tiles) != bool(mosaic):
+        raise ValueError("--tiles and --mosaic go together (a tile list is predicted over a mosaic)")
+    if not scenes and not tiles:
+        raise ValueError("nothing to predict: give scene files or --tiles CSV --mosaic FILE")
+    if extras and len(extras) != (len(scenes) if scenes else 1):
+        raise ValueError(f"--extra: {len(extras)} file(s) for {len(scenes) if scenes else 1} input(s); give one per scene, in order")
+    if labels and len(labels) != len(scenes):
+        raise ValueError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
+    predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp)
+    thr, thr_source = resolve_threshold(predictor, threshold, ratio)
+    model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
+    errors: list[dict] = []
+    regions = []
+    jobs = [("scene", s, extras[i] if extras else None, labels[i] if labels else None) for i, s in enumerate(scenes)]
+    if tiles:
+        jobs.append(("tiles", tiles, extras[0] if extras else None, None))
+    for kind, src, extra, lab in jobs:
+        try:
+            if kind == "scene":
+                regions.append(predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors, **kwargs))
+            else:
+                regions.append(predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors, **kwargs))
+        except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
+            if isinstance(e, ValueError) and "different settings" in str(e):
+                raise
+            log.error("%s: %s: %s", src, type(e).__name__, e)
+            errors.append({"region": Path(src).stem, "file": str(src), "error": f"{type(e).__name__}: {e}"})
+    keys = ("tiles_processed", "tiles_skipped_nodata", "tiles_error", "tiles_with_detections", "rts_count", "total_rts_area_m2")
+    run_log = {
+        "model": {"path": str(model), "checkpoint_sha256": file_sha256(model_file), **predictor.meta},
+        "normalization_stats_sha256": predictor.meta.get("normalization_stats_sha256"),
+        "scales": list(predictor.scales), "tta": predictor.tta, "temperature": predictor.temperature,
+        "threshold": thr, "threshold_source": thr_source, "tile_size": predictor.tile_size,
+        "stride": kwargs.get("stride") or predictor.tile_size // 2, "device": str(predictor.device),
+        "device_name": torch.cuda.get_device_name(predictor.device) if predictor.device.type == "cuda" else "cpu",
+        "amp": amp, "options": {k: v for k, v in kwargs.items() if k != "stride"},
+        **{k: sum(r.get(k, 0) for r in regions) for k in keys},
+        "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
+    }
+    run_log["tiles_error"] = len([e for e in errors if "tile" in e])
+    write_json_atomic(out_dir / RUN_LOG, run_log)
+    return run_log
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands)")
+    parser.add_argument("--model", default="models/rts-model", help="model package folder (default: models/rts-model)")
+    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument("--tiles", help="CSV tile list (tile_id, minx, miny, maxx, maxy in EPSG:3413); needs --mosaic")
+    parser.add_argument("--mosaic", help="RGB mosaic (VRT/GeoTIFF) the tile list is read from")
+    parser.add_argument("--extra", action="append", default=[], help="4-band EXTRA raster on the scene grid (one per scene, in order)")
+    parser.add_argument("--labels", action="append", default=[], help="label raster per scene: object recall in the run log")
+    parser.add_argument("--scales", type=float, nargs="+", choices=VALID_SCALES, help="default: the package's")
+    parser.add_argument("--tta", choices=("none", "minimal", "standard", "full"), help="default: the package's")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: calibrated, see --ratio)")
+    parser.add_argument("--ratio", type=int, default=500, help="prevalence ratio of the calibrated object threshold (default 500)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA")
+    parser.add_argument("--stride", type=int, help="pass spacing in px (default tile_size / 2)")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader reader processes (0: read in the main process)")
+    parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
+    parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
+    parser.add_argument("--iou", type=float, default=0.3, help="IoU of a match for the --labels metric")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_log = run_predict(
+        args.model, args.out, scenes=args.scenes, extras=args.extra, labels=args.labels, tiles=args.tiles, mosaic=args.mosaic,
+        scales=args.scales, tta=args.tta, threshold=args.threshold, ratio=args.ratio, device=args.device, amp=args.amp,
+        stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
+        keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
+    )
+    log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
+             run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),
+             Path(args.out) / RUN_LOG)
+    return 1 if run_log["errors"] else 0

@@ -1,0 +1,106 @@
+"""The train stage through its real entry points: torchrun with 2 gloo processes, kill and resume,
+determinism, early stopping and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from workdir import make_workdir, run, set_params  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training")]
+
+TRAIN = [sys.executable, "-m", "stages.train"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("train") / "base", {"train.max_epochs": 3})
+    run([sys.executable, "-m", "stages.prepare"], wd)
+    return wd
+
+
+def clone(prepared: Path, dest: Path, *, mlflow: bool = False) -> Path:
+    """A copy of the prepared folder; MLflow off unless the test inspects it (it costs seconds)."""
+    shutil.copytree(prepared, dest, ignore=shutil.ignore_patterns("checkpoints", "models", "dvclive", "mlruns.db", "metrics"))
+    set_params(dest / "params.yaml", {"tracking.mlflow": mlflow})
+    return dest
+
+
+def weights(wd: Path) -> dict:
+    return torch.load(wd / "models/train/model.pt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_gloo_ranks_disjoint_tiles_identical_weights_rank0_writes(prepared, tmp_path):
+    wd = clone(prepared, tmp_path / "ddp", mlflow=True)
+    dbg = tmp_path / "debug"
+    run(["torchrun", "--standalone", "--nproc-per-node=2", "-m", "stages.train"], wd, RTS_DEBUG_DIR=str(dbg))
+    r0, r1 = (json.loads((dbg / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["indices"] and r1["indices"]
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    # disjoint shares: within every step the two ranks' negatives differ, and within an epoch no
+    # negative tile is drawn twice across ranks (the pool is large enough for one pass)
+    tiles = json.loads((wd / "prepared/splits/train.json").read_text())["tiles"]
+    positive = {i for i, t in enumerate(tiles) if t["positive"]}
+    bs, steps_per_epoch = 4, 2
+    for epoch in range(3):
+        span = slice(epoch * steps_per_epoch * bs, (epoch + 1) * steps_per_epoch * bs)
+        neg0 = [i for i in r0["indices"][span] if i not in positive]
+        neg1 = [i for i in r1["indices"][span] if i not in positive]
+        assert len(neg0) == len(neg1) == steps_per_epoch * bs // 2  # pos_fraction 0.5 on each rank
+        assert not set(neg0) & set(neg1)
+    # only rank 0 wrote: one model, one dvclive folder, one MLflow run
+    assert (wd / "models/train/model.pt").exists() and (wd / "checkpoints/last.pt").exists()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{wd / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("rts-segmentation-v2")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+    history = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_realistic_pr_auc")]
+    assert len(history) == 3  # one entry per validation, not per rank
+
+
+def test_kill_and_resume_reaches_the_same_weights_and_runs_are_deterministic(prepared, tmp_path):
+    straight = clone(prepared, tmp_path / "straight")
+    run(TRAIN, straight)
+    again = clone(prepared, tmp_path / "again")
+    run(TRAIN, again)
+    assert_same_weights(weights(straight), weights(again))
+    m1 = json.loads((straight / "metrics/train.json").read_text())
+    m2 = json.loads((again / "metrics/train.json").read_text())
+    assert {k: v for k, v in m1.items() if k != "wall_time_s"} == {k: v for k, v in m2.items() if k != "wall_time_s"}
+
+    killed = clone(prepared, tmp_path / "killed")
+    proc = run(TRAIN, killed, check=False, RTS_DEBUG_KILL_AT_STEP="5")  # epoch 3 of 3, mid-epoch
+    assert proc.returncode != 0 and not (killed / "models/train/model.pt").exists()
+    state = torch.load(killed / "checkpoints/last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2
+    run(TRAIN, killed)  # train.resume: auto
+    assert_same_weights(weights(straight), weights(killed))
+    ckpt = torch.load(killed / "checkpoints/last.pt", map_location="cpu", weights_only=False)
+    for key in ("model", "optimizer", "scaler", "ema", "sampler", "rng", "config", "normalization_stats", "early_stopping"):
+        assert key in ckpt
+    numbered = sorted(p.name for p in (killed / "checkpoints").glob("checkpoint_epoch_*.pt"))
+    assert numbered == ["checkpoint_epoch_0001.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt"]
+
+
+def test_changed_config_does_not_resume_foreign_checkpoints(prepared, tmp_path):
+    wd = clone(prepared, tmp_path / "foreign")
+    run(TRAIN, wd)
+    set_params(wd / "params.yaml", {"loss": "tversky", "train.max_epochs": 1})
+    proc = run(TRAIN, wd)
+    assert "different configuration" in proc.stderr
+    assert torch.load(wd / "checkpoints/last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
