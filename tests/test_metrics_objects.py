@@ -231,3 +231,12 @@ def test_coco_ap_equals_pycocotools(seed):
         ref = float(ev.eval["precision"][k, :, 0, 0, 0].mean())
         ours = coco_ap(np.concatenate(scores[tau]), np.concatenate(matched[tau]), n_gt)
         assert ours == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [10, 100, 37])
+def test_grid_levels_exact_on_threshold_values(n):
+    thresholds = grid_thresholds(n)
+    on_grid = np.arange(0, n + 1) / n
+    p = np.concatenate([on_grid, np.nextafter(on_grid, -1), np.nextafter(on_grid, 2), np.array([0.29, 0.57, 0.58])])
+    p = np.clip(p, 0, 1)
+    np.testing.assert_array_equal(objects._grid_levels(p, thresholds), np.searchsorted(thresholds, p, side="right"))

@@ -120,7 +120,7 @@ def test_overview_count(h, w, block, n):
 def test_constant_model_gives_the_constant_inside_the_scene_and_valid_cogs(tmp_path):
     scene = _scene(tmp_path)
     predictor = make_predictor(Constant(1.25), scales=(1.0, 0.5), tta="minimal")
-    entry = predict_scene(predictor, scene, tmp_path / "out", threshold=0.9, num_workers=0, blocksize=64)
+    entry = predict_scene(predictor, scene, tmp_path / "out", threshold=0.9, num_workers=1, blocksize=64)  # a reader process
     prob, prof, _ = _read(tmp_path / "out" / "scene.prob.tif")
     inside = np.ones((H, W), bool)
     inside[96:, 96:] = False
@@ -268,6 +268,5 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
     for name in ("scene.prob.tif", "scene.mask.tif", "scene.gpkg"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert not (tmp_path / "b" / ".work" / "scene" / "prob.f32").exists()  # accumulators removed after success
-    again = _cli([*common, "--out", str(tmp_path / "b")])  # a finished region is skipped
-    assert again.returncode == 0 and json.loads((tmp_path / "b" / "run_log.json").read_text())["regions"][0]["tiles_run"] == 0
-    assert load_predictor(pkg).tile_size == 64
+    again = run_predict(pkg, tmp_path / "b", scenes=[str(scene)], threshold=0.5, num_workers=0)  # finished: skipped
+    assert again["regions"][0]["tiles_run"] == 0 and load_predictor(pkg).tile_size == 64

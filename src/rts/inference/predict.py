@@ -353,6 +353,7 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         if resumed:
             log.info("%s: resuming, %d/%d passes already done", region.name, resumed, len(region.tiles))
         n_err_before = len(errors)
+        t0 = time.perf_counter()
         counts = _run_passes(predictor, region, state, batch_size=batch_size, num_workers=num_workers, errors=errors)
         statuses = [v["status"] for v in state.done.values()]
         entry.update(
@@ -363,8 +364,10 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
             return entry
+        t1 = time.perf_counter()
         entry.update(write_outputs(region, state, out_dir, threshold=threshold, scales=predictor.scales,
                                    tile_size=predictor.tile_size, blocksize=blocksize))
+        entry["timing"] = {"passes_s": round(t1 - t0, 3), "finalize_s": round(time.perf_counter() - t1, 3)}
         if region.labels:
             entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou)
         entry["complete"] = True

@@ -126,7 +126,7 @@ def gt_components(label: np.ndarray, *, min_object_px: int = 200) -> Components:
     return Components(labels=_relabel(lab, keep), area=size[keep], size=size[keep], score=np.ones(int(keep.sum())))
 
 
-def intersections(pred: Components, gt: Components, label: np.ndarray | None = None) -> np.ndarray:
+def intersections(pred: Components, gt: Components) -> np.ndarray:
     """(n_pred, n_gt) pixel counts of overlap (ground-truth pixels are never labelled 255)."""
     p = pred.labels.ravel()
     g = gt.labels.ravel()
@@ -232,14 +232,13 @@ def max_diameter_m(mask: np.ndarray, pixel_size_m: float = PIXEL_SIZE_M) -> floa
         return 0.0
     pts = np.column_stack([rr, cc]).astype(np.float64)
     if pts.shape[0] > 3:
-        try:
-            from scipy.spatial import ConvexHull
+        from scipy.spatial import ConvexHull, QhullError
 
-            pts = pts[ConvexHull(pts).vertices]
-        except Exception:  # noqa: BLE001 - collinear points: Qhull refuses; the full set is small then
-            pass
-    if pts.shape[0] > 4000:  # cannot happen after the hull; bounds the pairwise step below
-        pts = pts[:: pts.shape[0] // 4000 + 1]
+        try:
+            pts = pts[ConvexHull(pts).vertices]  # the diameter's ends are hull vertices
+        except QhullError:
+            # collinear pixels: the ends are extreme in a coordinate
+            pts = pts[[pts[:, 0].argmin(), pts[:, 0].argmax(), pts[:, 1].argmin(), pts[:, 1].argmax()]]
     d2 = ((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)
     return float((np.sqrt(d2.max()) + 1.0) * pixel_size_m)
 
