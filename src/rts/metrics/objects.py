@@ -301,31 +301,27 @@ def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
     return r
 
 
-# 8-neighbour offsets (row, col)
+# 8-neighbour offsets (row, col); the first four are the "forward" half
 _NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1), (0, -1), (-1, 1), (-1, 0), (-1, -1))
+_FORWARD = np.array([True] * 4 + [False] * 4)
 
 
-def _level_edges(new: np.ndarray, lev: int, qf: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def _level_edges(new: np.ndarray, lev: int, qpad: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Edges that become active at level ``lev``: from each new pixel to its on neighbours.
 
+    ``qpad`` is the level image padded by one pixel of level -1, so no bounds checks are needed.
     A neighbour on at a higher level gives an edge once (only this side is new); a neighbour that
     is new too would give it twice, so only the forward half of the offsets keeps those.
     """
-    r, c = np.divmod(new, w)
-    a_parts, b_parts = [], []
-    for i, (dr, dc) in enumerate(_NEIGHBOURS):
-        ok = np.ones(new.size, dtype=bool)
-        if dr:
-            ok &= (r + dr >= 0) & (r + dr < h)
-        if dc:
-            ok &= (c + dc >= 0) & (c + dc < w)
-        a = new[ok]
-        b = a + (dr * w + dc)
-        qb = qf[b]
-        keep = (qb > lev) | ((qb == lev) if i < 4 else False)
-        a_parts.append(a[keep])
-        b_parts.append(b[keep])
-    return np.concatenate(a_parts), np.concatenate(b_parts)
+    wp = w + 2
+    offs = np.array([dr * w + dc for dr, dc in _NEIGHBOURS], dtype=np.int64)
+    offs_pad = np.array([dr * wp + dc for dr, dc in _NEIGHBOURS], dtype=np.int64)
+    centre = new + 2 * (new // w) + wp + 1  # index in the padded image
+    qn = qpad[centre[:, None] + offs_pad[None, :]]
+    keep = (qn > lev) | ((qn == lev) & _FORWARD[None, :])
+    rows, cols = np.nonzero(keep)
+    a = new[rows]
+    return a, a + offs[cols]
 
 
 def _components_of_pairs(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
@@ -426,6 +422,7 @@ def grid_object_counts(
         return out
     pix_order, pix_starts = _runs_by_level(qf[on], n_levels)
     pix_by_level = on[pix_order]
+    qpad = np.pad(q, 1, constant_values=-1).ravel()
 
     parent = np.arange(n_pix, dtype=np.int64)
     scratch = np.zeros(n_pix, dtype=np.int64)
@@ -482,7 +479,7 @@ def grid_object_counts(
                 has_gt[rep] = cnt[1:].any(axis=1)
             big = rep[size[rep] >= min_object_px]
         else:
-            a, b = _level_edges(new, lev, qf, h, w)
+            a, b = _level_edges(new, lev, qpad, w)
             if a.size:
                 ra = _find(parent, a)
                 rb = _find(parent, b)

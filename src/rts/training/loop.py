@@ -379,7 +379,8 @@ def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params, Eva
                 out[f"val_{r}_obj_recall"] = rr[f"obj_iou{ev.primary_iou}_recall"]
             out["val_realistic_iou"] = res["ratio_%d" % params.train.early_stopping_ratio]["iou_rts"]
             out["val_realistic_pr_auc"] = res["ratio_%d" % params.train.early_stopping_ratio]["pr_auc"]
-    return out
+    # the metric library writes undefined values (e.g. precision with no detection) as None
+    return {k: math.nan if v is None else float(v) for k, v in out.items()}
 
 
 def _exit_on_sigterm(signum, frame) -> None:
