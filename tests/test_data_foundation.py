@@ -122,9 +122,9 @@ def test_balanced_batches_have_exact_positive_share():
     batches = list(s)
     assert len(batches) == len(s) == int(np.ceil(10 * 10 / 6))
     for b in batches:
-        idx = [i for i, _ in b]
+        idx = [i for i, *_ in b]
         assert sum(i < 10 for i in idx) == 2 and len(idx) == 8
-    negs = [i for b in batches for i, _ in b if i >= 10]
+    negs = [i for b in batches for i, *_ in b if i >= 10]
     assert len(set(negs)) == len(negs) == 17 * 6 >= 100  # epoch ratio 1:10 (rounded up to whole batches), distinct
 
 
@@ -143,9 +143,9 @@ def test_ddp_shares_are_disjoint_and_complete():
     assert len(r0) == len(r1)
     g = r0.global_epoch()
     for (b0, b1, gb) in zip(r0, r1, g):
-        assert [i for i, _ in b0] == gb[0].tolist() and [i for i, _ in b1] == gb[1].tolist()
-        n0 = [i for i, _ in b0 if i >= 5]
-        n1 = [i for i, _ in b1 if i >= 5]
+        assert [i for i, *_ in b0] == gb[0].tolist() and [i for i, *_ in b1] == gb[1].tolist()
+        n0 = [i for i, *_ in b0 if i >= 5]
+        n1 = [i for i, *_ in b1 if i >= 5]
         assert not set(n0) & set(n1)
     neg_all = [i for b in g.reshape(-1, 4) for i in b if i >= 5]
     assert len(neg_all) == len(set(neg_all))
@@ -166,7 +166,7 @@ def test_curriculum_schedule():
 
 def test_random_sampler_has_no_positive_quota():
     s = RandomBatchSampler(range(2), range(2, 1000), batch_size=8, ratio=100, seed=0)
-    n_pos = [sum(i < 2 for i, _ in b) for b in s]
+    n_pos = [sum(i < 2 for i, *_ in b) for b in s]
     assert sum(n_pos) < len(n_pos)  # most batches have no positive at all
 
 
@@ -234,3 +234,49 @@ def test_cache_serves_identical_values_and_notices_changes(dataset_root, tmp_pat
         np.testing.assert_array_equal(x.extra, c.extra)
         np.testing.assert_array_equal(x.label, c.label)
     assert len(list((tmp_path / "cache").glob("alpha_000.*"))) == 2
+
+
+def test_multires_sample_reads_the_neighbourhood_and_keeps_ignore(tmp_path):
+    from rts.inference.multiscale import NeighbourWindows
+    from rts.io import LABEL_DIR
+    from rts.data.splits import TileRecord
+
+    root = make_dataset(tmp_path / "ds", size=32, regions={"alpha": (3, 3)}, splits={"train": ["alpha"], "val": [], "test": []})
+    # a 255 block of 2x2 px in tile 1: at scale 0.5 it must survive as ignore after downsampling
+    import rasterio
+
+    path = root / LABEL_DIR / "alpha_001.tif"
+    with rasterio.open(path) as src:
+        label, transform = src.read(), src.transform
+    label[0, 0:2, 30:32] = 255
+    from rts.io import write_geotiff
+
+    write_geotiff(path, label, transform)
+    store = TileStore(root)
+    ids = [f"alpha_{i:03d}" for i in range(6)]
+    stats = compute_stats(ids, tile_loader=lambda t: (store.load(t).rgb, store.load(t).extra), clip_percentiles=(0.0, 100.0),
+                          sample_px_per_tile=10**6, dataset_version="2.0")
+    ds = TileDataset(store, [TileRecord("alpha_002", False, "alpha")], Normalizer(stats, []),
+                     windows=NeighbourWindows(store, ids, []))
+    plain = ds[(0, 1, None, 1.0)]
+    half = ds[(0, 1, None, 0.5)]
+    assert half["image"].shape == plain["image"].shape == (3, 32, 32)
+    assert not torch_equal(half["image"], plain["image"])
+    # tile 2's 64 px window spans tiles 1..3; tile 1's ignore block sits at window x=16+30.. -> 8+15
+    assert (half["label"].numpy() == 255).sum() >= 1
+    crop = ds[(0, 1, 16, 1.0)]
+    assert crop["image"].shape == (3, 16, 16) and crop["label"].shape == (16, 16)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_progressive_crop_schedule():
+    from rts.training.loop import progressive_crop
+
+    phases = [[256, 2], [384, 1]]
+    assert [progressive_crop(phases, e, 512) for e in range(5)] == [256, 256, 384, None, None]
+    assert progressive_crop([], 0, 512) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -19,13 +20,18 @@ from rts.data.boundary import soft_targets, valid_mask
 from rts.data.normalization import Normalizer
 from rts.data.splits import TileRecord
 from rts.data.store import TileStore
+from rts.io import IGNORE
 
 
 class TileDataset(Dataset):
     """Tiles of one split.
 
-    Keys are either a dataset index or an ``(index, sample_seed)`` pair as yielded by the batch
-    samplers; the seed makes the augmentation of that draw reproducible.
+    Keys are either a dataset index or an ``(index, sample_seed, crop_size, scale)`` tuple as
+    yielded by the batch samplers: the seed makes the augmentation of that draw reproducible, the
+    crop size implements progressive resizing (random crops at native resolution) and a scale
+    below 1 implements multi-resolution training (guide 6.3): the input is the ``tile_size/scale``
+    neighbourhood (``windows``, the code multi-scale inference uses) resized to the tile size, the
+    label resized by nearest neighbour with every ignore pixel of the footprint kept as ignore.
 
     Each item is a dict: ``image`` (C, H, W) float32, ``target`` (1, H, W) float32 in [0, 1],
     ``valid`` (1, H, W) float32 loss mask, ``label`` (H, W) uint8 raw label (for metrics),
@@ -43,6 +49,7 @@ class TileDataset(Dataset):
         soft_labels: bool = False,
         soft_label_sigma: float = 2.0,
         crop_size: int | None = None,
+        windows=None,
     ):
         self.store = store
         self.tiles = list(tiles)
@@ -52,6 +59,7 @@ class TileDataset(Dataset):
         self.soft_labels = soft_labels
         self.soft_label_sigma = soft_label_sigma
         self.crop_size = crop_size
+        self.windows = windows
 
     def __len__(self) -> int:
         return len(self.tiles)
@@ -64,22 +72,37 @@ class TileDataset(Dataset):
     def negative_indices(self) -> list[int]:
         return [i for i, t in enumerate(self.tiles) if not t.positive]
 
-    def set_crop_size(self, size: int | None) -> None:
-        """Progressive resizing (guide 8.5): random crops of ``size`` px at native resolution."""
-        self.crop_size = size
+    def _multires(self, tile_id: str, scale: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.windows is None:  # pragma: no cover - wiring error
+            raise ValueError("multi-resolution samples need `windows` (a NeighbourWindows over the dataset)")
+        win = self.windows.window(tile_id, int(round(size / scale)), with_label=True)
+        image = cv2.resize(np.transpose(win[:-1], (1, 2, 0)), (size, size), interpolation=cv2.INTER_AREA)
+        image = image.reshape(size, size, -1)
+        label_win = win[-1].astype(np.uint8)
+        label = cv2.resize(label_win, (size, size), interpolation=cv2.INTER_NEAREST)
+        k = label_win.shape[0] // size
+        ignore = (label_win == IGNORE).reshape(size, k, size, k).any(axis=(1, 3))
+        label[ignore] = IGNORE
+        rgb = np.clip(np.rint(image[..., :3]), 0, 255).astype(np.uint8)
+        return rgb, image[..., 3:], label
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+    def __getitem__(self, key: int | tuple) -> dict:
+        key = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+        index, sample_seed, crop_size, scale = key + (None, None, None, 1.0)[len(key):]
+        crop_size = crop_size if crop_size is not None else self.crop_size
         rec = self.tiles[index]
-        tile = self.store.load(rec.tile_id)
-        rgb = np.transpose(tile.rgb, (1, 2, 0))  # HWC for the augmenter
-        extra = np.transpose(np.asarray(tile.extra)[self.normalizer.extra_index], (1, 2, 0))
-        label = np.array(tile.label)
+        if scale != 1.0:
+            rgb, extra, label = self._multires(rec.tile_id, scale, self.windows.tile_size)
+        else:
+            tile = self.store.load(rec.tile_id)
+            rgb = np.transpose(tile.rgb, (1, 2, 0))  # HWC for the augmenter
+            extra = np.transpose(np.asarray(tile.extra)[self.normalizer.extra_index], (1, 2, 0))
+            label = np.array(tile.label)
         rng = np.random.default_rng(sample_seed if sample_seed is not None else index)
-        if self.crop_size is not None and self.crop_size < label.shape[0]:
-            y = int(rng.integers(0, label.shape[0] - self.crop_size + 1))
-            x = int(rng.integers(0, label.shape[1] - self.crop_size + 1))
-            sl = (slice(y, y + self.crop_size), slice(x, x + self.crop_size))
+        if crop_size is not None and crop_size < label.shape[0]:
+            y = int(rng.integers(0, label.shape[0] - crop_size + 1))
+            x = int(rng.integers(0, label.shape[1] - crop_size + 1))
+            sl = (slice(y, y + crop_size), slice(x, x + crop_size))
             rgb, extra, label = rgb[sl], extra[sl], label[sl]
         if self.augmenter is not None:
             self.augmenter.seed(int(rng.integers(0, 2**31 - 1)))

@@ -36,7 +36,8 @@ class _EpochBatchSampler:
     """
 
     def __init__(self, n_neg_batch: int, n_pos: int, *, batch_size: int, ratio: float,
-                 curriculum: tuple[float, float, int] | None, steps_per_epoch: int, seed: int, rank: int, world_size: int):
+                 curriculum: tuple[float, float, int] | None, steps_per_epoch: int, seed: int, rank: int, world_size: int,
+                 scales: tuple[float, ...] = ()):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.n_neg_batch = n_neg_batch
@@ -48,7 +49,13 @@ class _EpochBatchSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.scales = tuple(scales)
+        self.crop_size: int | None = None
         self.epoch = 0
+
+    def set_crop_size(self, size: int | None) -> None:
+        """Progressive resizing: samples are random crops of ``size`` px (None = whole tiles)."""
+        self.crop_size = size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,11 +86,15 @@ class _EpochBatchSampler:
         """(steps, world_size, batch_size) dataset indices of the whole epoch, same on every rank."""
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int | None, float]]]:
+        """Per batch: ``(index, sample_seed, crop_size, scale)`` keys. With multi-resolution
+        training one scale is drawn per global step, shared by every rank (same input size)."""
         batches = self.global_epoch()
-        base = np.random.default_rng([self.seed, self.epoch, 1]).integers(0, 2**31 - 1, size=batches.shape)
-        for idx, seeds in zip(batches[:, self.rank], base[:, self.rank]):
-            yield list(zip(idx.tolist(), seeds.tolist()))
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        base = rng.integers(0, 2**31 - 1, size=batches.shape)
+        scales = rng.choice(self.scales, size=len(batches)) if self.scales else np.ones(len(batches))
+        for idx, seeds, scale in zip(batches[:, self.rank], base[:, self.rank], scales):
+            yield [(i, s, self.crop_size, float(scale)) for i, s in zip(idx.tolist(), seeds.tolist())]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed}
@@ -108,14 +119,15 @@ class BalancedBatchSampler(_EpochBatchSampler):
 
     def __init__(self, positive_indices: Sequence[int], negative_indices: Sequence[int], *, batch_size: int,
                  pos_fraction: float, ratio: float, curriculum: tuple[float, float, int] | None = None,
-                 steps_per_epoch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 steps_per_epoch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1, scales: tuple[float, ...] = ()):
         n_pos_batch = round(batch_size * pos_fraction)
         if not 1 <= n_pos_batch < batch_size:
             raise ValueError(f"batch_size {batch_size} x pos_fraction {pos_fraction} must give 1..batch_size-1 positives")
         if len(positive_indices) == 0 or len(negative_indices) == 0:
             raise ValueError("balanced sampling needs at least one positive and one negative tile")
         super().__init__(batch_size - n_pos_batch, len(positive_indices), batch_size=batch_size, ratio=ratio,
-                         curriculum=curriculum, steps_per_epoch=steps_per_epoch, seed=seed, rank=rank, world_size=world_size)
+                         curriculum=curriculum, steps_per_epoch=steps_per_epoch, seed=seed, rank=rank, world_size=world_size,
+                         scales=scales)
         self.pos = np.asarray(positive_indices, np.int64)
         self.neg = np.asarray(negative_indices, np.int64)
         self.n_pos_batch = n_pos_batch
@@ -139,9 +151,9 @@ class RandomBatchSampler(_EpochBatchSampler):
 
     def __init__(self, positive_indices: Sequence[int], negative_indices: Sequence[int], *, batch_size: int,
                  ratio: float, curriculum: tuple[float, float, int] | None = None, steps_per_epoch: int = 0,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, scales: tuple[float, ...] = ()):
         super().__init__(batch_size, len(positive_indices), batch_size=batch_size, ratio=ratio, curriculum=curriculum,
-                         steps_per_epoch=steps_per_epoch, seed=seed, rank=rank, world_size=world_size)
+                         steps_per_epoch=steps_per_epoch, seed=seed, rank=rank, world_size=world_size, scales=scales)
         self.all = np.concatenate([np.asarray(positive_indices, np.int64), np.asarray(negative_indices, np.int64)])
 
     def global_epoch(self, epoch: int | None = None) -> np.ndarray:

@@ -84,13 +84,17 @@ class NeighbourWindows:
             self.grid[cell] = tid
             self.cell_of[tid] = cell
 
-    def _stack(self, tid: str) -> np.ndarray:
+    def _stack(self, tid: str, with_label: bool) -> np.ndarray:
         tile = self.store.load(tid)
-        return raw_stack(tile.rgb, tile.extra, self.extra_index)
+        stack = raw_stack(tile.rgb, tile.extra, self.extra_index)
+        if with_label:
+            stack = np.concatenate([stack, np.asarray(tile.label, np.float32)[None]])
+        return stack
 
-    def window(self, tile_id: str, size: int) -> np.ndarray:
-        """(C, size, size) raw values centred on ``tile_id``."""
-        centre = self._stack(tile_id)
+    def window(self, tile_id: str, size: int, *, with_label: bool = False) -> np.ndarray:
+        """(C, size, size) raw values centred on ``tile_id`` (label appended as the last band when
+        ``with_label``: multi-resolution training reads image and label through the same code)."""
+        centre = self._stack(tile_id, with_label)
         T = centre.shape[-1]
         if size == T:
             return centre
@@ -114,7 +118,7 @@ class NeighbourWindows:
         for r in range(r0, r1 + 1):
             for c in range(c0, c1 + 1):
                 tid = self.grid[(cx + c, cy - r)]
-                mosaic[:, (r - r0) * T : (r - r0 + 1) * T, (c - c0) * T : (c - c0 + 1) * T] = centre if tid == tile_id else self._stack(tid)
+                mosaic[:, (r - r0) * T : (r - r0 + 1) * T, (c - c0) * T : (c - c0 + 1) * T] = centre if tid == tile_id else self._stack(tid, with_label)
         # window bounds in mosaic coordinates (the centre tile starts at (-r0*T, -c0*T))
         top, left = -r0 * T - margin, -c0 * T - margin
         y0, x0 = max(top, 0), max(left, 0)

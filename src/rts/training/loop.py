@@ -123,17 +123,25 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     manifests = {n: Manifest.load(prepared / "splits" / f"{n}.json") for n in ("train", "val_balanced", "val_realistic")}
     normalizer = Normalizer(stats, params.data.extra_channels)
     store = open_store(params.data.root, params.data.cache)
+    windows = None
+    if tc.multires_scales:  # multi-resolution training reads neighbourhoods like multi-scale inference
+        from rts.data.splits import read_metadata
+        from rts.inference.multiscale import NeighbourWindows
+
+        windows = NeighbourWindows(store, [r["tile_id"] for r in read_metadata(Path(params.data.root))], normalizer.extra_index)
     train_ds = TileDataset(
         store, manifests["train"].tiles, normalizer,
         augmenter=Augmenter(params.augment) if params.augment.enabled else None,
         boundary_ignore_width=params.data.boundary_ignore_width,
         soft_labels=params.data.soft_labels, soft_label_sigma=params.data.soft_label_sigma,
+        windows=windows,
     )
     sampler_cls = BalancedBatchSampler if params.sampler.balanced else RandomBatchSampler
     sampler_kwargs = dict(
         batch_size=tc.batch_size, ratio=params.sampler.train_ratio,
         curriculum=(params.sampler.curriculum_start_ratio, params.sampler.curriculum_end_ratio, params.sampler.curriculum_epochs) if params.sampler.curriculum else None,
         steps_per_epoch=tc.steps_per_epoch, seed=params.seed, rank=dist.rank, world_size=dist.world_size,
+        scales=tuple(tc.multires_scales),
     )
     if params.sampler.balanced:
         sampler_kwargs["pos_fraction"] = params.sampler.pos_fraction_per_batch
@@ -235,6 +243,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         if want_frozen != frozen:
             ddp_model, frozen = set_frozen(want_frozen), want_frozen
         sampler.set_epoch(epoch)
+        sampler.set_crop_size(progressive_crop(tc.progressive_resizing, epoch, params.data.tile_size))
         steps = len(sampler)
         ddp_model.train()
         train_loss = torch.zeros(2, dtype=torch.float64)
@@ -381,6 +390,17 @@ def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params, Eva
             out["val_realistic_pr_auc"] = res["ratio_%d" % params.train.early_stopping_ratio]["pr_auc"]
     # the metric library writes undefined values (e.g. precision with no detection) as None
     return {k: math.nan if v is None else float(v) for k, v in out.items()}
+
+
+def progressive_crop(phases: list[list[int]], epoch: int, tile_size: int) -> int | None:
+    """Crop size of ``epoch`` under progressive resizing (guide 8.5): ``[[size, epochs], ...]`` phases,
+    then whole tiles."""
+    start = 0
+    for size, n in phases:
+        if epoch < start + n:
+            return size if size < tile_size else None
+        start += n
+    return None
 
 
 def _exit_on_sigterm(signum, frame) -> None:
