@@ -1,0 +1,550 @@
+"""``rts profile``: peak memory and step time of one training step; the largest batch that fits.
+
+A *step* is what the training loop does per batch (guide 7): forward under the loop's autocast
+setting (:func:`rts.training.loop.amp_settings`), the configured loss, backward (with the
+GradScaler where fp16 needs one), gradient clipping, an AdamW step and the EMA update. Data
+loading is not part of it: inputs are random z-scored tensors already on the device, so the
+numbers are the model's compute ceiling. The encoder is trainable (the post-unfreeze phase,
+which needs more memory than the frozen first epochs). Encoder weights are never downloaded:
+``encoder_weights`` is forced to ``None``, which changes no shape.
+
+Memory:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps, after
+  ``reset_peak_memory_stats`` (weights, gradients, AdamW and EMA state are still allocated then, so
+  they count). Budget: ``safety x total device memory``. An out-of-memory error marks the batch as
+  not fitting; the cache is emptied before the next try.
+- CPU: the process's resident set size (RSS, psutil) sampled by a background thread and at the end
+  of every forward and backward, minus the RSS before the model was built. ``tracemalloc`` cannot
+  see torch's allocations and ``ru_maxrss`` never goes down, so neither can compare batch sizes
+  within one process. Freed heap is handed back to the OS (glibc ``malloc_trim``) between tries so
+  a smaller batch tried after a larger one is not charged for the larger one's pages. Budget:
+  ``--memory-budget-gb`` or ``safety x available RAM``.
+
+``--find-max-batch`` doubles the batch from 1 until a batch does not fit (or ``--max-batch`` is
+reached), then bisects between the last fitting and the first failing batch. The chosen
+``batch_size`` is the largest fitting batch that balanced sampling accepts (``batch_size x
+sampler.pos_fraction_per_batch`` a whole number of positives, 1..batch_size-1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import gc
+import logging
+import math
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from rts.config import ConfigError, ModelConfig, Params, load_params
+from rts.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StepSetup:
+    """Everything that decides the cost of one training step.
+
+    Attributes:
+        model: The ``model`` params section (``encoder_weights`` is ignored: always ``None``).
+        extra_channels: Selected EXTRA channels (input has ``3 + len`` channels).
+        tile_size: Input height and width in pixels (multiple of 32).
+        loss: ``params.loss`` name.
+        mixed_precision: ``train.mixed_precision`` (bf16 / fp16 + scaler on CUDA, fp32 on CPU).
+        channels_last: ``train.channels_last`` (applied on CUDA only, as in training).
+        compile: ``train.compile`` (``torch.compile`` the model).
+        ema: ``train.ema`` (an EMA copy of the weights, updated every step).
+        grad_clip_norm: ``optim.grad_clip_norm`` (0 = off).
+        lr, weight_decay: AdamW settings (they do not change the cost; kept for fidelity).
+    """
+
+    model: ModelConfig
+    extra_channels: tuple[str, ...] = ()
+    tile_size: int = 512
+    loss: str = "focal"
+    mixed_precision: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    ema: bool = True
+    grad_clip_norm: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+
+    @classmethod
+    def from_params(cls, params: Params) -> StepSetup:
+        """The step that ``params.yaml`` trains."""
+        return cls(
+            model=params.model, extra_channels=tuple(params.data.extra_channels), tile_size=params.data.tile_size,
+            loss=params.loss, mixed_precision=params.train.mixed_precision, channels_last=params.train.channels_last,
+            compile=params.train.compile, ema=params.train.ema, grad_clip_norm=params.optim.grad_clip_norm,
+            lr=params.optim.lr, weight_decay=params.optim.weight_decay,
+        )
+
+    @property
+    def in_channels(self) -> int:
+        return 3 + len(self.extra_channels)
+
+
+@dataclass
+class Trial:
+    """One measured batch size."""
+
+    batch_size: int
+    fits: bool
+    oom: bool = False
+    step_time_s: float | None = None
+    images_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["peak_memory_gib"] = None if self.peak_memory_bytes is None else round(self.peak_memory_bytes / GIB, 4)
+        return d
+
+
+# ------------------------------------------------------------------------------ device and memory
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available (torch {torch.__version__}); use --device cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of a GPU; *available* RAM for the CPU (what a new allocation can still get)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(psutil.virtual_memory().available)
+
+
+def _release_heap() -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc only; a no-op elsewhere)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class RSSPeak:
+    """Peak resident set size of this process while active: background sampling plus explicit
+    :meth:`sample` calls at the known high points of a step (end of forward, end of backward)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak = 0
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.sample()
+
+    def __enter__(self) -> RSSPeak:
+        self.peak = 0
+        self.sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.sample()
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+def amp_dtype_name(device: torch.device, mixed_precision: bool) -> str:
+    """``bfloat16`` / ``float16`` / ``float32``: what training's autocast will use on ``device``."""
+    from rts.training.loop import amp_settings
+
+    enabled, dtype, _ = amp_settings(device, mixed_precision)
+    return str(dtype).removeprefix("torch.") if enabled else "float32"
+
+
+class StepProfiler:
+    """Builds the model, loss, AdamW and EMA once on ``device`` and times training steps per batch.
+
+    Args:
+        setup: The step to measure.
+        device: Where to run.
+        steps: Timed steps per batch size.
+        warmup: Untimed steps before them (first-step allocations, cuDNN / compile warm-up).
+        seed: Seed for the weights and the random inputs.
+    """
+
+    def __init__(self, setup: StepSetup, device: torch.device, *, steps: int = 5, warmup: int = 2, seed: int = 0) -> None:
+        from rts.losses import build_loss
+        from rts.models import build_model
+        from rts.models.ema import ModelEMA
+        from rts.training.loop import amp_settings
+
+        if steps < 1 or warmup < 0:
+            raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+        self.setup, self.device, self.steps, self.warmup, self.seed = setup, device, steps, warmup, seed
+        self.amp = amp_settings(device, setup.mixed_precision)
+        _release_heap()
+        # CPU memory is measured against the process before any model state exists.
+        self.rss_base = psutil.Process().memory_info().rss
+        torch.manual_seed(seed)
+        model_cfg = dataclasses.replace(setup.model, encoder_weights=None)
+        model = build_model(model_cfg, in_channels=setup.in_channels, n_extra=len(setup.extra_channels)).to(device)
+        self.channels_last = setup.channels_last and device.type == "cuda"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        self.model = model
+        self.step_model = torch.compile(model) if setup.compile else model
+        # balanced_ce's positive weight comes from the training split's pixel counts; any value costs the same.
+        self.loss_fn = build_loss(setup.loss, focal=_default("focal"), tversky=_default("tversky"),
+                                  balanced_ce=_default("balanced_ce"), class_pixel_counts=(1000, 1))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, weight_decay=setup.weight_decay)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp[2])
+        self.ema = ModelEMA(model, 0.999) if setup.ema else None
+        self._rss: RSSPeak | None = None
+
+    def _sample(self) -> None:
+        if self._rss is not None:
+            self._rss.sample()
+
+    def _step(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
+        from rts.models import model_outputs_loss
+
+        with torch.autocast(self.device.type, dtype=self.amp[1], enabled=self.amp[0]):
+            outputs = self.step_model(image)
+        loss = model_outputs_loss(self.loss_fn, outputs, target, valid, self.setup.model.deep_supervision_weight)
+        self._sample()  # all activations are alive here
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._sample()  # gradients allocated, activations being freed
+        if self.setup.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def _inputs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed + batch_size)
+        n = self.setup.tile_size
+        image = torch.randn(batch_size, self.setup.in_channels, n, n, generator=g).to(self.device)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        # ~10% positive pixels, like a positive tile; the cost does not depend on the values.
+        target = (torch.rand(batch_size, 1, n, n, generator=g) < 0.1).float().to(self.device)
+        valid = torch.ones_like(target)
+        return image, target, valid
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def measure(self, batch_size: int, budget_bytes: int | None = None) -> Trial:
+        """Time ``steps`` steps of ``batch_size`` after ``warmup`` steps; peak memory over the timed
+        steps. ``fits`` is False on an out-of-memory error or a peak above ``budget_bytes``."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        cuda = self.device.type == "cuda"
+        _release_heap()
+        try:
+            image, target, valid = self._inputs(batch_size)
+            for _ in range(self.warmup):
+                self._step(image, target, valid)
+            self._sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            with RSSPeak() as rss:
+                self._rss = rss
+                t0 = time.perf_counter()
+                for _ in range(self.steps):
+                    self._step(image, target, valid)
+                self._sync()
+                elapsed = time.perf_counter() - t0
+            self._rss = None
+            peak = torch.cuda.max_memory_allocated(self.device) if cuda else max(0, rss.peak - self.rss_base)
+        except torch.OutOfMemoryError:
+            self._rss = None
+            log.info("batch %d: out of memory", batch_size)
+            image = target = valid = None  # drop references before emptying the cache
+            self.optimizer.zero_grad(set_to_none=True)
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+            return Trial(batch_size, fits=False, oom=True)
+        del image, target, valid
+        self.optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.empty_cache()
+        step = elapsed / self.steps
+        fits = budget_bytes is None or peak <= budget_bytes
+        trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=int(peak))
+        log.info("batch %d: %.4f s/step, %.1f images/s, peak %.3f GiB%s", batch_size, step, trial.images_per_s,
+                 peak / GIB, "" if fits else " (over budget)")
+        return trial
+
+
+def _default(section: str) -> Any:
+    return getattr(Params(), section)
+
+
+# ------------------------------------------------------------------------------ batch search
+
+
+def valid_batch_size(batch_size: int, pos_fraction: float | None) -> int | None:
+    """Largest batch <= ``batch_size`` that balanced sampling accepts (``None`` if none does).
+
+    With ``pos_fraction`` None (unbalanced sampling) every batch >= 1 is accepted.
+    """
+    for b in range(batch_size, 0, -1):
+        if pos_fraction is None:
+            return b
+        n_pos = b * pos_fraction
+        if abs(n_pos - round(n_pos)) < 1e-9 and 1 <= round(n_pos) < b:
+            return b
+    return None
+
+
+def find_max_batch(measure: Callable[[int], Trial], *, max_batch: int, start: int = 1) -> tuple[int | None, list[Trial]]:
+    """Largest fitting batch in ``[start, max_batch]``: double until a batch fails, then bisect.
+
+    Assumes fitting is monotone (if ``b`` fits, every smaller batch fits).
+
+    Returns:
+        (largest fitting batch or None when ``start`` already fails, trials in the order run).
+    """
+    if not 1 <= start <= max_batch:
+        raise ConfigError(f"--max-batch must be >= the start batch {start}, got {max_batch}")
+    trials: list[Trial] = []
+
+    def fits(b: int) -> bool:
+        trials.append(measure(b))
+        return trials[-1].fits
+
+    lo, hi = 0, None  # lo: largest known fitting batch; hi: smallest known failing batch
+    b = start
+    while True:
+        if fits(b):
+            lo = b
+            if b == max_batch:
+                return lo, trials
+            b = min(2 * b, max_batch)
+        else:
+            hi = b
+            break
+    if lo == 0:
+        return None, trials
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, trials
+
+
+def profile(
+    setup: StepSetup,
+    *,
+    device: torch.device,
+    batch_sizes: list[int],
+    find_max: bool = False,
+    max_batch: int = 1024,
+    safety: float = 0.85,
+    memory_budget_bytes: int | None = None,
+    pos_fraction: float | None = 0.5,
+    steps: int = 5,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Measure ``batch_sizes`` (or search the largest batch) and return the profile report.
+
+    Args:
+        setup: The training step to measure.
+        device: Device to run on.
+        batch_sizes: Batches to measure (ascending order is measured first); with ``find_max``
+            the search starts at the smallest of them.
+        find_max: Search the largest fitting batch up to ``max_batch``.
+        max_batch: Upper limit of the search.
+        safety: Fraction of device memory (GPU total, CPU available) a run may use.
+        memory_budget_bytes: Explicit budget instead of ``safety x device memory``.
+        pos_fraction: ``sampler.pos_fraction_per_batch`` when sampling is balanced, else None.
+        steps, warmup: Timed and untimed steps per batch.
+
+    Returns:
+        The JSON-ready report (see ``docs/compute.md``).
+    """
+    if not 0 < safety <= 1:
+        raise ConfigError(f"--safety must be in (0, 1], got {safety}")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ConfigError(f"--batch-size values must be >= 1, got {batch_sizes}")
+    total = device_memory_bytes(device)
+    budget = memory_budget_bytes if memory_budget_bytes is not None else int(safety * total)
+    profiler = StepProfiler(setup, device, steps=steps, warmup=warmup)
+    if find_max:
+        _, trials = find_max_batch(lambda b: profiler.measure(b, budget), max_batch=max_batch, start=min(batch_sizes))
+    else:
+        trials = [profiler.measure(b, budget) for b in sorted(set(batch_sizes))]
+    fitting = [t.batch_size for t in trials if t.fits]
+    max_fit = max(fitting) if fitting else None
+    chosen = valid_batch_size(max_fit, pos_fraction) if max_fit is not None else None
+    report: dict[str, Any] = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "device_memory_bytes": total,
+        "device_memory_kind": "total GPU memory" if device.type == "cuda" else "available RAM at start",
+        "torch_version": torch.__version__,
+        "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS minus RSS before the model was built",
+        "memory_budget_bytes": budget,
+        "safety": safety,
+        "config": {
+            "arch": setup.model.arch,
+            "encoder": setup.model.encoder,
+            "encoder_weights": None,
+            "fusion": setup.model.fusion,
+            "deep_supervision": setup.model.deep_supervision,
+            "tile_size": setup.tile_size,
+            "in_channels": setup.in_channels,
+            "extra_channels": list(setup.extra_channels),
+            "loss": setup.loss,
+            "mixed_precision": setup.mixed_precision,
+            "amp_dtype": amp_dtype_name(device, setup.mixed_precision),
+            "channels_last": profiler.channels_last,
+            "compile": setup.compile,
+            "ema": setup.ema,
+            "optimizer": "AdamW",
+            "steps": steps,
+            "warmup_steps": warmup,
+        },
+        "find_max_batch": find_max,
+        "max_batch": max_batch if find_max else None,
+        "trials": [t.to_dict() for t in trials],
+        "max_fitting_batch": max_fit,
+        "capped": bool(find_max and max_fit == max_batch),
+        "pos_fraction_per_batch": pos_fraction,
+        "batch_size": chosen,
+    }
+    chosen_trial = next((t for t in trials if t.batch_size == chosen), None)
+    report["images_per_s"] = chosen_trial.images_per_s if chosen_trial else None
+    report["params_snippet"] = f"train:\n  batch_size: {chosen}\n" if chosen is not None else None
+    report["suggested_params"] = {"train.batch_size": chosen} if chosen is not None else {}
+    return report
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (model, data, train, optim sections)")
+    parser.add_argument("--arch", default=None, help="override model.arch")
+    parser.add_argument("--encoder", default=None, help="override model.encoder")
+    parser.add_argument("--extra-channels", nargs="*", default=None, help="override data.extra_channels (e.g. ndvi re)")
+    parser.add_argument("--tile-size", type=int, default=None, help="override data.tile_size")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=None,
+                        help="batch size(s) to measure (default train.batch_size); with --find-max-batch the search start (default 1)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="override train.mixed_precision")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="override train.channels_last")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="override train.compile")
+    parser.add_argument("--find-max-batch", action="store_true", help="search the largest batch that fits the memory budget")
+    parser.add_argument("--max-batch", type=int, default=1024, help="upper limit of the search")
+    parser.add_argument("--safety", type=float, default=0.85, help="fraction of device memory a run may use")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="memory budget in GiB (default: safety x GPU memory, or safety x available RAM on CPU)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per batch size")
+    parser.add_argument("--out", type=Path, required=True, help="write the profile JSON here")
+
+
+def setup_from_args(args: argparse.Namespace) -> tuple[StepSetup, Params]:
+    """Params file plus command-line overrides; the overridden model section is re-validated."""
+    params = load_params(args.params)
+    model_kw = {k: v for k, v in (("arch", args.arch), ("encoder", args.encoder)) if v is not None}
+    model = dataclasses.replace(params.model, **model_kw, encoder_weights=None)
+    data_kw: dict[str, Any] = {}
+    if args.tile_size is not None:
+        data_kw["tile_size"] = args.tile_size
+    if args.extra_channels is not None:
+        data_kw["extra_channels"] = list(args.extra_channels)
+    data = dataclasses.replace(params.data, **data_kw)  # re-runs DataConfig validation
+    setup = dataclasses.replace(
+        StepSetup.from_params(params), model=model, tile_size=data.tile_size, extra_channels=tuple(data.extra_channels),
+        **{k: v for k, v in (("mixed_precision", args.amp), ("channels_last", args.channels_last), ("compile", args.compile)) if v is not None},
+    )
+    return setup, params
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        setup, params = setup_from_args(args)
+        device = resolve_device(args.device)
+        if args.batch_size is not None:
+            batch_sizes = args.batch_size
+        else:
+            batch_sizes = [1] if args.find_max_batch else [params.train.batch_size]
+        budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * GIB)
+        report = profile(
+            setup, device=device, batch_sizes=batch_sizes, find_max=args.find_max_batch, max_batch=args.max_batch,
+            safety=args.safety, memory_budget_bytes=budget,
+            pos_fraction=params.sampler.pos_fraction_per_batch if params.sampler.balanced else None,
+            steps=args.steps, warmup=args.warmup,
+        )
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    write_json_atomic(args.out, report)
+    for t in report["trials"]:
+        mem = "-" if t["peak_memory_bytes"] is None else f"{t['peak_memory_bytes'] / GIB:.3f} GiB"
+        speed = "OOM" if t["oom"] else f"{t['step_time_s']:.4f} s/step {t['images_per_s']:.1f} img/s"
+        print(f"batch {t['batch_size']:>5}: {speed:<32} peak {mem:<12} {'fits' if t['fits'] else 'does not fit'}")
+    if report["batch_size"] is None:
+        log.error("no batch size fits the budget of %.3f GiB (see %s)", report["memory_budget_bytes"] / GIB, args.out)
+        return 1
+    print(f"# {report['device_name']}, budget {report['memory_budget_bytes'] / GIB:.2f} GiB; put into params.yaml:")
+    print(report["params_snippet"], end="")
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    from rts.cli import main
+
+    sys.exit(main(["profile", *sys.argv[1:]]))
