@@ -1,4 +1,4 @@
-"""Model zoo (UNet++, U-Net, UNet3+, DeepLabV3+, SegFormer, Swin-UNet, ViT-UNet), fusion and EMA."""
+"""Model zoo (UNet++, U-Net, UNet3+, DeepLabV3+, SegFormer, Swin-UNet, ViT-UNet), foundation encoders, fusion and EMA."""
 
 from rts.models.builder import (
     WeightsError,
@@ -14,8 +14,10 @@ from rts.models.builder import (
     set_encoder_trainable,
 )
 from rts.models.ema import ModelEMA, unwrap_model
+from rts.models.foundation import FOUNDATION_ENCODERS, is_foundation_encoder
 
 __all__ = [
+    "FOUNDATION_ENCODERS",
     "ModelEMA",
     "WeightsError",
     "adapt_input_channels",
@@ -23,6 +25,7 @@ __all__ = [
     "decoder_parameters",
     "encoder_parameters",
     "is_encoder_parameter",
+    "is_foundation_encoder",
     "load_encoder_weights",
     "model_outputs_loss",
     "param_groups",

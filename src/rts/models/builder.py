@@ -37,6 +37,7 @@ from segmentation_models_pytorch.encoders import get_encoder, get_encoder_names
 from torch import nn
 
 from rts.config import ConfigError, ModelConfig
+from rts.models.foundation import FOUNDATION_ENCODERS, build_foundation_model, is_foundation_encoder
 from rts.models.fusion import LateFusionModel
 from rts.models.unet3plus import UNet3Plus
 from rts.models.vit import ViTBranch, ViTUNet, create_vit
@@ -70,18 +71,24 @@ def resolve_encoder(arch: str, encoder: str) -> str:
 
     smp archs take smp encoder names or ``tu-<timm model>``; ``swin_unet`` takes a timm
     hierarchical model (``swin_*``, ``convnext_*``..., with or without ``tu-``; returned with
-    ``tu-``); ``vit_unet`` takes a timm ViT (``vit_*``, returned without ``tu-``).
+    ``tu-``); ``vit_unet`` takes a timm ViT (``vit_*``, returned without ``tu-``) or a foundation
+    encoder name (:data:`rts.models.foundation.FOUNDATION_ENCODERS`, returned unchanged).
 
     Raises:
         ConfigError: (a ``ValueError``) naming ``model.encoder`` and suggesting valid names.
     """
+    if is_foundation_encoder(encoder):
+        if arch != "vit_unet":
+            raise ConfigError(f"model.encoder: foundation encoder {encoder!r} needs model.arch: vit_unet, not {arch!r}")
+        return encoder
     if arch == "vit_unet":
         name = _timm_name(encoder)
         if not (timm.is_model(name) and name.startswith("vit_")):
             vits = timm.list_models("vit_*")
             raise ConfigError(
-                f"model.encoder: {encoder!r} is not a timm ViT for model.arch='vit_unet'; {_suggest(name, vits)}"
-                f"examples: {_VIT_EXAMPLES} (all: timm.list_models('vit_*'))"
+                f"model.encoder: {encoder!r} is not a timm ViT or a foundation encoder for model.arch='vit_unet'; "
+                f"{_suggest(name, vits + list(FOUNDATION_ENCODERS))}"
+                f"examples: {_VIT_EXAMPLES}, foundation encoders: {list(FOUNDATION_ENCODERS)} (all ViTs: timm.list_models('vit_*'))"
             )
         return name
     if arch == "swin_unet":
@@ -179,14 +186,12 @@ def _head(items: Sequence[str], n: int = 8) -> str:
     return f"{list(items)[:n]}{' ... (%d in all)' % len(items) if len(items) > n else ''}"
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load an encoder state dict file into ``encoder`` with strict key and shape checks.
+def check_and_load_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor], path: str | Path, expected: str) -> None:
+    """Load ``state`` (read from ``path``) into ``encoder`` after strict key and shape checks.
 
     Raises:
-        WeightsError: naming the file and the missing / unexpected / mismatched keys.
+        WeightsError: naming the file, the missing / unexpected / mismatched keys and ``expected``.
     """
-    path = Path(path)
-    state = read_state_dict(path)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -200,10 +205,19 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         if mismatched:
             problems.append(f"shape mismatches {_head(mismatched)}")
         raise WeightsError(
-            f"model.encoder_weights: {str(path)!r} does not match encoder {type(encoder).__name__}: {'; '.join(problems)}. "
-            "Expected the state dict of the 3-channel (RGB) encoder of the same model.encoder"
+            f"model.encoder_weights: {str(path)!r} does not match encoder {type(encoder).__name__}: {'; '.join(problems)}. Expected {expected}"
         )
     encoder.load_state_dict(state, strict=True)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load an encoder state dict file into ``encoder`` with strict key and shape checks.
+
+    Raises:
+        WeightsError: naming the file and the missing / unexpected / mismatched keys.
+    """
+    path = Path(path)
+    check_and_load_state_dict(encoder, read_state_dict(path), path, "the state dict of the 3-channel (RGB) encoder of the same model.encoder")
 
 
 def adapt_input_channels(module: nn.Module, in_channels: int, *, keep_rgb: bool) -> None:
@@ -257,13 +271,23 @@ def _build_extra_encoder(arch: str, encoder: str, in_channels: int, tag: Any, ba
     return get_encoder(encoder, in_channels=in_channels, depth=depth, weights=tag, output_stride=base.encoder.output_stride, **_encoder_kwargs(encoder))
 
 
-def build_model(model: ModelConfig, *, in_channels: int = 3, n_extra: int = 0) -> nn.Module:
+def build_model(
+    model: ModelConfig,
+    *,
+    in_channels: int = 3,
+    n_extra: int = 0,
+    extra_channels: Sequence[str] | None = None,
+    encoder_overrides: dict[str, Any] | None = None,
+) -> nn.Module:
     """Build the segmentation model described by ``model``.
 
     Args:
         model: The ``model`` params section (arch, encoder, encoder_weights, fusion, deep supervision).
         in_channels: ``3 + n_extra`` (checked).
         n_extra: Number of selected EXTRA channels (``len(data.extra_channels)``).
+        extra_channels: Their names (``data.extra_channels``); foundation encoders use them to
+            feed matching bands (``nir`` -> Prithvi's NIR). Other models ignore them.
+        encoder_overrides: Test-only: timm kwargs shrinking a foundation encoder (``{"depth": 2}``).
 
     Returns:
         A module mapping (B, in_channels, H, W) to logits (B, 1, H, W); in train mode with
@@ -276,6 +300,12 @@ def build_model(model: ModelConfig, *, in_channels: int = 3, n_extra: int = 0) -
     if n_extra < 0 or in_channels != 3 + n_extra:
         raise ConfigError(f"model: in_channels must be 3 (RGB) + n_extra, got in_channels={in_channels}, n_extra={n_extra}")
     encoder = resolve_encoder(model.arch, model.encoder)
+    if is_foundation_encoder(encoder):
+        net = build_foundation_model(
+            encoder, weights=model.encoder_weights, n_extra=n_extra, extra_channels=extra_channels, fusion=model.fusion, overrides=encoder_overrides
+        )
+        log.info("built %s (foundation encoder %s, weights %s, in_channels %d)", model.arch, encoder, model.encoder_weights, in_channels)
+        return net
     file = _weights_file(model.encoder_weights)
     tag = _library_tag(encoder, model.encoder_weights)
     pretrained = model.encoder_weights is not None

@@ -14,11 +14,14 @@ Memory:
   ``reset_peak_memory_stats`` (weights, gradients, AdamW and EMA state are still allocated then, so
   they count). Budget: ``safety x total device memory``. An out-of-memory error marks the batch as
   not fitting; the cache is emptied before the next try.
-- CPU: the process's resident set size (RSS, psutil) sampled by a background thread and at the end
-  of every forward and backward, minus the RSS before the model was built. ``tracemalloc`` cannot
-  see torch's allocations and ``ru_maxrss`` never goes down, so neither can compare batch sizes
-  within one process. Freed heap is handed back to the OS (glibc ``malloc_trim``) between tries so
-  a smaller batch tried after a larger one is not charged for the larger one's pages. Budget:
+- CPU: the training state (weights, buffers, gradients, AdamW moments, EMA copy; counted from the
+  tensors) plus the peak increase of the process's resident set size (RSS, psutil) over the timed
+  steps, sampled by a background thread and at the end of every forward and backward. Freed heap
+  is handed back to the OS (glibc ``malloc_trim``) before the timed steps, so the increase is the
+  activation memory of this batch, not pages kept from the warm-up or from a larger batch tried
+  before. ``tracemalloc`` cannot see torch's allocations and ``ru_maxrss`` never goes down, so
+  neither can compare batch sizes within one process; a plain RSS difference against the start
+  would also charge torch's one-off library initialisation to the first profile. Budget:
   ``--memory-budget-gb`` or ``safety x available RAM``.
 
 ``--find-max-batch`` doubles the batch from 1 until a batch does not fit (or ``--max-batch`` is
@@ -108,6 +111,8 @@ class Trial:
     step_time_s: float | None = None
     images_per_s: float | None = None
     peak_memory_bytes: int | None = None
+    state_bytes: int | None = None
+    rss_increase_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -220,9 +225,6 @@ class StepProfiler:
             raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
         self.setup, self.device, self.steps, self.warmup, self.seed = setup, device, steps, warmup, seed
         self.amp = amp_settings(device, setup.mixed_precision)
-        _release_heap()
-        # CPU memory is measured against the process before any model state exists.
-        self.rss_base = psutil.Process().memory_info().rss
         torch.manual_seed(seed)
         model_cfg = dataclasses.replace(setup.model, encoder_weights=None)
         model = build_model(model_cfg, in_channels=setup.in_channels, n_extra=len(setup.extra_channels)).to(device)
@@ -239,6 +241,16 @@ class StepProfiler:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp[2])
         self.ema = ModelEMA(model, 0.999) if setup.ema else None
         self._rss: RSSPeak | None = None
+
+    def state_bytes(self) -> int:
+        """Bytes of the training state that lives across steps: weights, buffers, gradients,
+        AdamW moments and the EMA copy (counted from the tensors, so exact on any device)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        tensors += [p.grad for p in self.model.parameters() if p.grad is not None]
+        tensors += [v for st in self.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+        if self.ema is not None:
+            tensors += [*self.ema.module.parameters(), *self.ema.module.buffers()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
 
     def _sample(self) -> None:
         if self._rss is not None:
@@ -289,8 +301,14 @@ class StepProfiler:
             for _ in range(self.warmup):
                 self._step(image, target, valid)
             self._sync()
+            state = self.state_bytes()
             if cuda:
                 torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                # Hand the warm-up's freed activations back to the OS, so the timed steps' RSS
+                # increase is their activation memory rather than a reuse of retained pages.
+                _release_heap()
+            rss_before = psutil.Process().memory_info().rss
             with RSSPeak() as rss:
                 self._rss = rss
                 t0 = time.perf_counter()
@@ -299,7 +317,8 @@ class StepProfiler:
                 self._sync()
                 elapsed = time.perf_counter() - t0
             self._rss = None
-            peak = torch.cuda.max_memory_allocated(self.device) if cuda else max(0, rss.peak - self.rss_base)
+            activations = max(0, rss.peak - rss_before)
+            peak = torch.cuda.max_memory_allocated(self.device) if cuda else state + activations
         except torch.OutOfMemoryError:
             self._rss = None
             log.info("batch %d: out of memory", batch_size)
@@ -315,7 +334,8 @@ class StepProfiler:
             torch.cuda.empty_cache()
         step = elapsed / self.steps
         fits = budget_bytes is None or peak <= budget_bytes
-        trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=int(peak))
+        trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=int(peak),
+                      state_bytes=state, rss_increase_bytes=int(activations))
         log.info("batch %d: %.4f s/step, %.1f images/s, peak %.3f GiB%s", batch_size, step, trial.images_per_s,
                  peak / GIB, "" if fits else " (over budget)")
         return trial
@@ -430,7 +450,7 @@ def profile(
         "device_memory_bytes": total,
         "device_memory_kind": "total GPU memory" if device.type == "cuda" else "available RAM at start",
         "torch_version": torch.__version__,
-        "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS minus RSS before the model was built",
+        "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "training state bytes + peak RSS increase over the timed steps",
         "memory_budget_bytes": budget,
         "safety": safety,
         "config": {
