@@ -59,13 +59,15 @@ def ensure_data() -> None:
     if not (ROOT / "data.dvc").exists():
         sh("dvc", "add", "data")  # first time only: the committed data.dvc pins this dataset
         return
-    status = sh("dvc", "status", "data.dvc", "--json", capture=True)
-    if json.loads(status.stdout or "{}"):
+    # `dvc commit` records the workspace hash in data.dvc and puts the data in the local cache
+    # (queued experiments check it out from there); an unchanged data.dvc proves it is the pinned set.
+    sh("dvc", "commit", "--force", "-q", "data.dvc")
+    if sh("git", "diff", "--quiet", "data.dvc", check=False).returncode != 0:
+        sh("git", "checkout", "data.dvc")
         sys.exit(
             "data/ differs from the dataset pinned by data.dvc. If you replaced it on purpose, run "
             "`dvc add data` and commit data.dvc; to get the demo dataset back, remove data/ and rerun make demo."
         )
-    sh("dvc", "commit", "--force", "data.dvc")  # put it in the local cache (queued experiments need it)
 
 
 def print_results() -> None:

@@ -119,6 +119,10 @@ def test_regenerated_demo_dataset_matches_the_pinned_hash(tmp_path):
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
     git(tmp_path, "init", "-q")
     run(["dvc", "init", "-q"], tmp_path)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "pinned")
     run([sys.executable, "-m", "rts", "synth", "data", "--preset", "demo"], tmp_path)
-    status = json.loads(run(["dvc", "status", "data.dvc", "--json"], tmp_path).stdout or "{}")
-    assert status == {}, status
+    # commit records the workspace hash in data.dvc (and caches the data): unchanged = identical
+    run(["dvc", "commit", "--force", "-q", "data.dvc"], tmp_path)
+    assert git(tmp_path, "diff", "data.dvc") == ""
+    assert json.loads(run(["dvc", "status", "data.dvc", "--json"], tmp_path).stdout or "{}") == {}

@@ -41,7 +41,8 @@ def build_from_package(package: dict) -> torch.nn.Module:
 
     model_cfg = from_dict(ModelConfig, {**package["model_config"], "encoder_weights": None}, prefix="model")
     data_cfg = from_dict(DataConfig, package["data_config"], prefix="data")
-    model = build_model(model_cfg, in_channels=data_cfg.in_channels, n_extra=len(data_cfg.extra_channels))
+    model = build_model(model_cfg, in_channels=data_cfg.in_channels, n_extra=len(data_cfg.extra_channels),
+                        extra_channels=list(data_cfg.extra_channels))
     model.load_state_dict(package["state_dict"], strict=True)
     return model.eval()
 

@@ -155,7 +155,8 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
                           [t.region for t in manifests[name].tiles])
 
     # ---------------------------------------------------------------- model, loss, optimiser
-    model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels)).to(device)
+    model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels),
+                        extra_channels=list(params.data.extra_channels)).to(device)
     D.seed_everything(params.seed, dist.rank, tc.deterministic)
     if tc.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

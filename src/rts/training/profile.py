@@ -33,6 +33,7 @@ sampler.pos_fraction_per_batch`` a whole number of positives, 1..batch_size-1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import gc
@@ -41,7 +42,7 @@ import math
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,31 @@ def _release_heap() -> None:
         pass
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+
+
+@contextlib.contextmanager
+def _mmap_large_allocations(threshold: int = 64 * 1024) -> Iterator[None]:
+    """Serve allocations above ``threshold`` with mmap while active (glibc only).
+
+    glibc otherwise keeps freed tensors' pages in its heap for reuse (its mmap threshold adapts
+    upwards to 32 MiB), so the RSS of a step would depend on what ran before it. With a fixed low
+    threshold a freed tensor's pages go back to the OS at once and RSS follows live memory. The
+    price is slower CPU steps (a page fault per new allocation). Afterwards the threshold is set
+    to 32 MiB, where glibc's adaptive threshold ends up anyway.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    except (OSError, AttributeError):
+        libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+
+
 class RSSPeak:
     """Peak resident set size of this process while active: background sampling plus explicit
     :meth:`sample` calls at the known high points of a step (end of forward, end of backward)."""
@@ -274,6 +300,18 @@ class StepProfiler:
         if self.ema is not None:
             self.ema.update(self.model)
 
+    def _cpu_activation_bytes(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> int:
+        """Peak RSS increase of one extra, untimed step (run inside :func:`_mmap_large_allocations`)."""
+        _release_heap()
+        before = psutil.Process().memory_info().rss
+        with RSSPeak() as rss:
+            self._rss = rss
+            try:
+                self._step(image, target, valid)
+            finally:
+                self._rss = None
+        return max(0, rss.peak - before)
+
     def _inputs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + batch_size)
         n = self.setup.tile_size
@@ -289,53 +327,53 @@ class StepProfiler:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _run(self, batch_size: int) -> tuple[float, int, int, int | None]:
+        """Warm-up and timed steps of one batch size: (seconds per step, state bytes, peak bytes,
+        CPU RSS increase). Inputs and activations die with this frame."""
+        cuda = self.device.type == "cuda"
+        image, target, valid = self._inputs(batch_size)
+        for _ in range(self.warmup):
+            self._step(image, target, valid)
+        self._sync()
+        state = self.state_bytes()
+        if cuda:
+            # After the warm-up, so cuDNN autotuning workspaces do not count; weights, gradients,
+            # optimizer and EMA state are allocated now and still count.
+            torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        for _ in range(self.steps):
+            self._step(image, target, valid)
+        self._sync()
+        step_s = (time.perf_counter() - t0) / self.steps
+        if cuda:
+            return step_s, state, int(torch.cuda.max_memory_allocated(self.device)), None
+        rss_increase = self._cpu_activation_bytes(image, target, valid)
+        return step_s, state, state + rss_increase, rss_increase
+
     def measure(self, batch_size: int, budget_bytes: int | None = None) -> Trial:
         """Time ``steps`` steps of ``batch_size`` after ``warmup`` steps; peak memory over the timed
         steps. ``fits`` is False on an out-of-memory error or a peak above ``budget_bytes``."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        cuda = self.device.type == "cuda"
         _release_heap()
+        oom = False
         try:
-            image, target, valid = self._inputs(batch_size)
-            for _ in range(self.warmup):
-                self._step(image, target, valid)
-            self._sync()
-            state = self.state_bytes()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(self.device)
-            else:
-                # Hand the warm-up's freed activations back to the OS, so the timed steps' RSS
-                # increase is their activation memory rather than a reuse of retained pages.
-                _release_heap()
-            rss_before = psutil.Process().memory_info().rss
-            with RSSPeak() as rss:
-                self._rss = rss
-                t0 = time.perf_counter()
-                for _ in range(self.steps):
-                    self._step(image, target, valid)
-                self._sync()
-                elapsed = time.perf_counter() - t0
-            self._rss = None
-            activations = max(0, rss.peak - rss_before)
-            peak = torch.cuda.max_memory_allocated(self.device) if cuda else state + activations
+            step, state, peak, rss_increase = self._run(batch_size)
         except torch.OutOfMemoryError:
-            self._rss = None
-            log.info("batch %d: out of memory", batch_size)
-            image = target = valid = None  # drop references before emptying the cache
-            self.optimizer.zero_grad(set_to_none=True)
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
-            return Trial(batch_size, fits=False, oom=True)
-        del image, target, valid
+            oom = True  # clean up outside the handler: the traceback keeps the step's tensors alive
         self.optimizer.zero_grad(set_to_none=True)
-        if cuda:
+        if oom:
+            # An OOM between scale() and update() leaves the scaler mid-step; start a fresh one.
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp[2])
+        gc.collect()
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        step = elapsed / self.steps
+        if oom:
+            log.info("batch %d: out of memory", batch_size)
+            return Trial(batch_size, fits=False, oom=True)
         fits = budget_bytes is None or peak <= budget_bytes
-        trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=int(peak),
-                      state_bytes=state, rss_increase_bytes=int(activations))
+        trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=peak,
+                      state_bytes=state, rss_increase_bytes=rss_increase)
         log.info("batch %d: %.4f s/step, %.1f images/s, peak %.3f GiB%s", batch_size, step, trial.images_per_s,
                  peak / GIB, "" if fits else " (over budget)")
         return trial
@@ -436,11 +474,15 @@ def profile(
         raise ConfigError(f"--batch-size values must be >= 1, got {batch_sizes}")
     total = device_memory_bytes(device)
     budget = memory_budget_bytes if memory_budget_bytes is not None else int(safety * total)
-    profiler = StepProfiler(setup, device, steps=steps, warmup=warmup)
-    if find_max:
-        _, trials = find_max_batch(lambda b: profiler.measure(b, budget), max_batch=max_batch, start=min(batch_sizes))
-    else:
-        trials = [profiler.measure(b, budget) for b in sorted(set(batch_sizes))]
+    # On CPU the whole profile runs with mmap-served allocations, so the model's own heap use
+    # cannot leave retained pages that blur the RSS of later batches.
+    with _mmap_large_allocations() if device.type == "cpu" else contextlib.nullcontext():
+        profiler = StepProfiler(setup, device, steps=steps, warmup=warmup)
+        if find_max:
+            _, trials = find_max_batch(lambda b: profiler.measure(b, budget), max_batch=max_batch, start=min(batch_sizes))
+        else:
+            trials = [profiler.measure(b, budget) for b in sorted(set(batch_sizes))]
+        del profiler
     fitting = [t.batch_size for t in trials if t.fits]
     max_fit = max(fitting) if fitting else None
     chosen = valid_batch_size(max_fit, pos_fraction) if max_fit is not None else None
@@ -465,7 +507,7 @@ def profile(
             "loss": setup.loss,
             "mixed_precision": setup.mixed_precision,
             "amp_dtype": amp_dtype_name(device, setup.mixed_precision),
-            "channels_last": profiler.channels_last,
+            "channels_last": setup.channels_last and device.type == "cuda",
             "compile": setup.compile,
             "ema": setup.ema,
             "optimizer": "AdamW",
