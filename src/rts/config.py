@@ -278,6 +278,17 @@ class CalibrateConfig:
 
 
 @dataclass
+class SusceptibilityConfig:
+    """Two-stage fallback (guide 13): confine detections to RTS-susceptible terrain."""
+
+    path: str | None = None
+    min_likelihood: float = 0.5
+
+    def __post_init__(self) -> None:
+        _in_unit(self.min_likelihood, "susceptibility.min_likelihood")
+
+
+@dataclass
 class TrackingConfig:
     mlflow: bool = True
     mlflow_tracking_uri: str = "sqlite:///mlruns.db"
@@ -300,6 +311,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    susceptibility: SusceptibilityConfig = field(default_factory=SusceptibilityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

@@ -38,7 +38,6 @@ import ctypes
 import dataclasses
 import gc
 import logging
-import math
 import platform
 import threading
 import time
