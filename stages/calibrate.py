@@ -12,6 +12,7 @@ from rts.data.dataset import open_store
 from rts.data.splits import Manifest
 from rts.io import write_json_atomic
 from rts.package import write_package
+from rts.susceptibility import open_layer
 
 
 def main() -> int:
@@ -21,7 +22,9 @@ def main() -> int:
     store = open_store(params.data.root, params.data.cache)
     val = Manifest.load(Path("prepared/splits/val_realistic.json")).tiles
     test = Manifest.load(Path("prepared/splits/test_realistic.json")).tiles
-    calibration, test_report, plots = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=Path("eval/logits"))
+    layer = open_layer(params.susceptibility.path, params.susceptibility.min_likelihood)
+    calibration, test_report, plots = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=Path("eval/logits"),
+                                                susceptibility=layer)
     calibration.update(tta=ev.tta, scales=list(ev.scales))
     package_dir = write_package(Path("models/train"), Path("models/rts-model"), calibration, test_report, ev.iou_thresholds)
     write_json_atomic(Path("metrics/calibration.json"), {

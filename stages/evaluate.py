@@ -13,6 +13,7 @@ from rts.data.dataset import open_store
 from rts.data.splits import Manifest, read_metadata
 from rts.evaluation import evaluate
 from rts.inference.predictor import load_predictor
+from rts.susceptibility import open_layer
 
 
 def main() -> int:
@@ -25,7 +26,8 @@ def main() -> int:
     store = open_store(root, params.data.cache)
     all_ids = [row["tile_id"] for row in read_metadata(root)]
     results = evaluate(predictor, store, manifests, all_ids, ev, logits_dir=Path("eval/logits"), plots_dir=Path("plots"),
-                       metrics_path=Path("metrics/evaluate.json"), test_metrics_path=Path("metrics/evaluate_test.json"))
+                       metrics_path=Path("metrics/evaluate.json"), test_metrics_path=Path("metrics/evaluate_test.json"),
+                       susceptibility=open_layer(params.susceptibility.path, params.susceptibility.min_likelihood))
     for r in ev.ratios:
         v = results["val_realistic"][f"1:{r}"]
         print(f"val-realistic 1:{r}: PR-AUC {v['pr_auc']}, pixel IoU {v['iou_rts']}, "

@@ -122,21 +122,31 @@ def nan_to_none(x):
     return x
 
 
-def calibrated_accumulator(ev, logits_dir, tiles, temperature: float, *, operating_threshold: float):
-    """An EvalAccumulator over stored logits at calibrated probabilities sigmoid(z / T)."""
+def calibrated_accumulator(ev, logits_dir, tiles, temperature: float, *, operating_threshold: float, keep=None):
+    """An EvalAccumulator over stored logits at calibrated probabilities sigmoid(z / T).
+
+    ``keep``: optional ``tile_id -> bool mask`` of the susceptibility filter; probabilities are
+    multiplied by it (docs/susceptibility.md).
+    """
     from rts.evaluation import load_logits, make_accumulator, sigmoid
 
     acc = make_accumulator(ev, operating_threshold=operating_threshold)
     for rec, label in tiles:
-        acc.update(sigmoid(load_logits(logits_dir, rec.tile_id) / temperature), label, positive_tile=rec.positive, region=rec.region)
+        prob = sigmoid(load_logits(logits_dir, rec.tile_id) / temperature)
+        if keep is not None:
+            prob = np.where(keep(rec.tile_id), prob, 0.0)
+        acc.update(prob, label, positive_tile=rec.positive, region=rec.region)
     return acc
 
 
-def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir) -> tuple[dict, dict, dict]:
+def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir, susceptibility=None) -> tuple[dict, dict, dict]:
     """Fit T and thresholds on val-realistic only, then report test-realistic at them.
 
     Returns ``(calibration, test_report, reliability_plots)``. ``val_tiles``/``test_tiles`` are
     TileRecords; labels are read from ``store``. Nothing computed from test tiles feeds back.
+    ``susceptibility`` (a ``SusceptibilityLayer`` or None): T is fitted on the unfiltered logits (it
+    calibrates the model), thresholds and the test report use the filtered probabilities (the
+    deployed system filters).
     """
     from rts.evaluation import load_logits
 
@@ -151,7 +161,8 @@ def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir) -> tuple[dic
     before = reliability(hist, cfg.temperature_ratio, 1.0)
     after = reliability(hist, cfg.temperature_ratio, temperature)
 
-    val_acc = calibrated_accumulator(ev, logits_dir, labelled(val_tiles), temperature, operating_threshold=ev.threshold)
+    keep = None if susceptibility is None else (lambda tile_id: susceptibility.tile_mask(store.root, tile_id))
+    val_acc = calibrated_accumulator(ev, logits_dir, labelled(val_tiles), temperature, operating_threshold=ev.threshold, keep=keep)
     thresholds = {}
     for r in cfg.ratios:
         thresholds[str(r)] = {
@@ -169,6 +180,8 @@ def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir) -> tuple[dic
         "tta": None, "scales": None,  # filled by the stage from the evaluation settings
         "fitted_on": "val_realistic",
     }
+    if susceptibility is not None:
+        calibration["susceptibility"] = susceptibility.describe()  # the thresholds assume this filter
 
     test_report = {}
     for r in cfg.ratios:
@@ -176,7 +189,7 @@ def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir) -> tuple[dic
         t = chosen["threshold"] if chosen["reached"] else chosen.get("best_precision_threshold")
         entry = {"threshold": t, "threshold_reached_target_on_val": chosen["reached"]}
         if t is not None:
-            acc = calibrated_accumulator(ev, logits_dir, labelled(test_tiles), temperature, operating_threshold=t)
+            acc = calibrated_accumulator(ev, logits_dir, labelled(test_tiles), temperature, operating_threshold=t, keep=keep)
             res = acc.result(ratios=[r], recall_targets=(), primary_iou=cfg.iou)[f"ratio_{r}"]
             entry.update({k: res.get(k) for k in ("pr_auc", "iou_rts", "precision", "recall", "f05", "ap30", "ap50", "frag_rate")})
             for tau in ev.iou_thresholds:

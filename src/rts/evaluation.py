@@ -124,12 +124,32 @@ def flat_summary(result: dict, ratios: list[int], ious: list[float]) -> dict:
     return out
 
 
+def _tile_grid(store: TileStore, tile_id: str):
+    from rts.susceptibility import tile_grid
+
+    return tile_grid(store.root, tile_id)
+
+
+def _empty_stats() -> dict:
+    from rts.susceptibility import FilterStats
+
+    return {"positive": FilterStats(), "negative": FilterStats()}
+
+
 def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manifest], all_tile_ids: list[str], ev: EvaluateConfig, *,
-             logits_dir: Path, plots_dir: Path, metrics_path: Path, test_metrics_path: Path) -> dict:
-    """Run inference once per tile and write metrics, plots and logits. Returns the val metrics."""
+             logits_dir: Path, plots_dir: Path, metrics_path: Path, test_metrics_path: Path, susceptibility=None) -> dict:
+    """Run inference once per tile and write metrics, plots and logits. Returns the val metrics.
+
+    ``susceptibility`` (a ``rts.susceptibility.SusceptibilityLayer`` or None): val-realistic is also
+    scored with the filter, and the comparison goes under the ``susceptibility`` key of the metrics.
+    """
     windows = NeighbourWindows(store, all_tile_ids, predictor.normalizer.extra_index)
     balanced_ids = {t.tile_id for t in manifests["val_balanced"].tiles}
     accs = {name: make_accumulator(ev) for name in ("val_balanced", "val_realistic", "test_realistic")}
+    # --- susceptibility filter (docs/susceptibility.md): val-realistic scored with and without it
+    filtered = make_accumulator(ev) if susceptibility is not None else None
+    removed = _empty_stats() if susceptibility is not None else {}
+    # ---
     for split in ("val_realistic", "test_realistic"):
         tiles = manifests[split].tiles
         log.info("inference on %s: %d tiles, scales %s, TTA %s", split, len(tiles), list(predictor.scales), predictor.tta)
@@ -137,6 +157,13 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
             save_logits(logits_dir, rec.tile_id, logits)
             prob = sigmoid(logits)
             accs[split].update(prob, label, positive_tile=rec.positive, region=rec.region)
+            if filtered is not None and split == "val_realistic":
+                from rts.susceptibility import filter_probabilities
+
+                lik = susceptibility.likelihood(*_tile_grid(store, rec.tile_id))
+                fprob, st = filter_probabilities(prob, lik, susceptibility.min_likelihood, ev.threshold, min_object_px=ev.min_object_px)
+                filtered.update(fprob, label, positive_tile=rec.positive, region=rec.region)
+                removed["positive" if rec.positive else "negative"] += st
             if split == "val_realistic" and rec.tile_id in balanced_ids:
                 accs["val_balanced"].update(prob, label, positive_tile=rec.positive, region=rec.region)
     settings = {"threshold": ev.threshold, "tta": predictor.tta, "scales": list(predictor.scales),
@@ -156,7 +183,13 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
         results[split] = entry
         if split != "val_balanced":
             all_curves[split] = write_curves(acc, split, ev.ratios, ev.primary_iou, plots_dir / "pr")
-    write_json_atomic(metrics_path, {k: results[k] for k in ("val_balanced", "val_realistic")})
+    if filtered is not None:
+        from rts.susceptibility import comparison
+
+        res = filtered.result(ratios=ev.ratios, recall_targets=ev.recall_targets, primary_iou=ev.primary_iou)
+        results["susceptibility"] = comparison(results["val_realistic"], flat_summary(res, ev.ratios, ev.iou_thresholds), removed,
+                                               ev.ratios, ev.primary_iou, susceptibility, ev.threshold)
+    write_json_atomic(metrics_path, {k: results[k] for k in ("val_balanced", "val_realistic", "susceptibility") if k in results})
     # every metric (recall targets, thresholds, AP at each IoU...) in full, beside the logits
     write_json_atomic(logits_dir.parent / "evaluate_detail.json", {"val_realistic": details["val_realistic"]})
     write_json_atomic(test_metrics_path, {"test_realistic": results["test_realistic"],

@@ -60,6 +60,21 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+def ensure_experiment(mlflow, name: str, uri: str) -> None:
+    """Create the experiment with its artifacts beside a local SQLite store (``mlartifacts/`` in the
+    main repository), not in the current folder: a queued experiment's temporary copy is deleted."""
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - a parallel worker created it first
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+
+
 class Tracker:
     """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0."""
 
@@ -85,8 +100,9 @@ class Tracker:
 
             for attempt in range(5):  # parallel queue workers can briefly lock one SQLite file
                 try:
-                    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-                    mlflow.set_experiment(experiment)
+                    uri = resolve_tracking_uri(tracking_uri)
+                    mlflow.set_tracking_uri(uri)
+                    ensure_experiment(mlflow, experiment, uri)
                     run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None)
                     break
                 except Exception as e:  # noqa: BLE001 - retried, then re-raised

@@ -360,6 +360,7 @@ def synthesize(
     seed: int = 0,
     shapes: Path | None = None,
     overwrite: bool = False,
+    susceptibility: bool = False,
 ) -> dict:
     """Write the synthetic dataset into ``out_dir`` (data-format.md layout).
 
@@ -374,6 +375,9 @@ def synthesize(
         seed: random seed; the same options give byte-identical files.
         shapes: an ARTS GeoJSON (EPSG:3413) whose real outlines replace the generated RTS shapes.
         overwrite: replace the dataset files of a non-empty folder that is not a synth output.
+        susceptibility: also write a matching susceptibility layer (``susceptibility/<region>.tif``
+            and ``susceptibility.vrt``, docs/susceptibility.md). Off by default: the pinned demo
+            dataset's bytes do not include it.
 
     Returns:
         The summary also stored in ``version.json``: tiles per split and class, RTS pixel fraction
@@ -418,6 +422,10 @@ def synthesize(
         "catalog": _catalog(all_tiles),
     }
     write_text_atomic(out_dir / "version.json", json.dumps(version, indent=2, sort_keys=True) + "\n")
+    if susceptibility:  # --- optional layer, written from the finished tiles (never changes them)
+        from rts.susceptibility import write_synthetic_layer
+
+        log.info("susceptibility layer: %s", write_synthetic_layer(out_dir, seed=seed))
     (out_dir / IN_PROGRESS).unlink()
     log.info("wrote %d tiles to %s in %.1f s", len(all_tiles), out_dir, time.perf_counter() - t_start)
     return summary
@@ -512,6 +520,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", type=Path, default=None, help="ARTS GeoJSON (EPSG:3413): draw RTS outlines from these real polygons")
     parser.add_argument("--preview", type=Path, default=None, help="also write a contact sheet PNG here")
     parser.add_argument("--overwrite", action="store_true", help="replace the dataset files of a non-empty folder that is not a synth output")
+    parser.add_argument("--susceptibility", action="store_true", help="also write susceptibility/<region>.tif and susceptibility.vrt (off: demo bytes unchanged)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -526,6 +535,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             shapes=args.shapes,
             overwrite=args.overwrite,
+            susceptibility=args.susceptibility,
         )
     except ValueError as e:
         log.error("%s", e)

@@ -189,9 +189,16 @@ def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.n
 
 
 def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, batch_size: int, num_workers: int,
-                errors: list[dict]) -> dict[str, int]:
+                errors: list[dict], susceptibility=None) -> dict[str, int]:
     todo = [t for t in region.tiles if t.tile_id not in state.done]
     counts = {"run": 0, "error": 0}
+    if susceptibility is not None:  # --- susceptibility filter: passes whose window is all masked are not run
+        from rts.susceptibility import TILE_SUSCEPTIBILITY, pass_masked
+
+        skip = [t for t in todo if pass_masked(susceptibility, region, t, predictor.tile_size)]
+        if skip:
+            state.record([{"tile": t.tile_id, "status": TILE_SUSCEPTIBILITY, "max_prob": None} for t in skip])
+            todo = [t for t in todo if t.tile_id not in state.done]
     if not todo:
         return counts
     window = max(predictor.window_sizes().values())
@@ -256,18 +263,22 @@ def _read_outputs(region: Region, state: RegionState, r: int, c: int, h: int, w:
 
 
 def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshold: float, scales: tuple[float, ...],
-                  tile_size: int, blocksize: int = 512) -> dict[str, Any]:
-    """Write the probability COG, mask COG and polygons of a finished region; return summary counts."""
+                  tile_size: int, blocksize: int = 512, susceptibility=None) -> dict[str, Any]:
+    """Write the probability COG, mask COG and polygons of a finished region; return summary counts.
+
+    With ``susceptibility``, every output is of ``prob * keep`` and the summary has the filter's counts.
+    """
     from affine import Affine
 
     paths = output_paths(out_dir, region.name)
+    filtered_read = _filtered_reader(susceptibility)
 
     def prob_block(r, c, h, w):
-        prob, _, covered = _read_outputs(region, state, r, c, h, w)
+        prob, _, covered = filtered_read(region, state, r, c, h, w)
         return np.where(covered, prob, np.float32(PROB_NODATA)).astype(np.float32)
 
     def mask_block(r, c, h, w):
-        prob, _, covered = _read_outputs(region, state, r, c, h, w)
+        prob, _, covered = filtered_read(region, state, r, c, h, w)
         return np.where(covered, (prob >= threshold).astype(np.uint8), np.uint8(MASK_NODATA))
 
     common = dict(height=region.height, width=region.width, transform=region.transform, blocksize=blocksize, work_dir=state.work)
@@ -276,8 +287,17 @@ def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshol
 
     scale_values = np.array([0.0, *scales], np.float64)  # scale map holds 1 + index
     records: list[dict] = []
+    unfiltered: list[dict] = []  # susceptibility: unfiltered objects polygonized with prob = keep (polygon_stats)
     for r, c, h, w in windows(region.height, region.width, 2048):
         prob, scale, covered = _read_outputs(region, state, r, c, h, w)
+        if susceptibility is not None:
+            from rts.susceptibility import block_keep
+
+            keep = block_keep(susceptibility, region, r, c, h, w)
+            raw_mask = covered & (prob >= threshold)
+            if raw_mask.any():
+                unfiltered += polygonize_block(keep.astype(np.float32), raw_mask, np.zeros((h, w)), region.transform @ Affine.translation(c, r))
+            prob = np.where(keep, prob, np.float32(0))
         mask = covered & (prob >= threshold)
         if mask.any():
             records += polygonize_block(prob, mask, scale_values[scale], region.transform @ Affine.translation(c, r))
@@ -292,11 +312,30 @@ def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshol
         footprints = [(t.tile_id, region.tile_bounds(t, tile_size)) for t in region.tiles if t.tile_id in ok]
     columns = finalize(dissolve(records), footprints)
     write_gpkg(paths["polygons"], columns)
-    return {"rts_count": int(len(columns["rts_id"])), "total_rts_area_m2": float(columns["area_m2"].sum()),
-            "outputs": {k: str(v) for k, v in paths.items()}}
+    summary = {"rts_count": int(len(columns["rts_id"])), "total_rts_area_m2": float(columns["area_m2"].sum()),
+               "outputs": {k: str(v) for k, v in paths.items()}}
+    if susceptibility is not None:
+        from rts.susceptibility import polygon_stats
+
+        summary["susceptibility"] = polygon_stats(dissolve(unfiltered), abs(region.transform.a)).as_dict()
+    return summary
 
 
-def object_scores(region: Region, state: RegionState, labels: str, *, threshold: float, min_object_px: int, iou: float) -> dict:
+def _filtered_reader(susceptibility):
+    """``_read_outputs`` with the susceptibility filter applied (``prob * keep``); itself when off."""
+    if susceptibility is None:
+        return _read_outputs
+    from rts.susceptibility import block_keep
+
+    def read(region, state, r, c, h, w):
+        prob, scale, covered = _read_outputs(region, state, r, c, h, w)
+        return np.where(block_keep(susceptibility, region, r, c, h, w), prob, np.float32(0)), scale, covered
+
+    return read
+
+
+def object_scores(region: Region, state: RegionState, labels: str, *, threshold: float, min_object_px: int, iou: float,
+                  susceptibility=None) -> dict:
     """Object recall/precision of the region's mask against a label raster on the same grid."""
     import rasterio
 
@@ -307,7 +346,7 @@ def object_scores(region: Region, state: RegionState, labels: str, *, threshold:
             raise ValueError(f"{labels}: label grid {src.width}x{src.height} differs from the scene grid "
                              f"{region.width}x{region.height}; labels must be on the (EPSG:3413, 3 m) scene grid")
         label = src.read(1)
-    prob, _, covered = _read_outputs(region, state, 0, 0, region.height, region.width)
+    prob, _, covered = _filtered_reader(susceptibility)(region, state, 0, 0, region.height, region.width)
     prob = np.where(covered, prob, 0.0)
     pred = pred_components(prob, label, threshold, min_object_px=min_object_px)
     gt = gt_components(label, min_object_px=min_object_px)
@@ -321,8 +360,12 @@ def object_scores(region: Region, state: RegionState, labels: str, *, threshold:
 
 def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
                    stride: int, batch_size: int = 8, num_workers: int = 2, blocksize: int = 512,
-                   keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None) -> dict:
+                   keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None,
+                   susceptibility=None) -> dict:
     """Predict every pass of ``region`` (resuming from its manifest), then write its outputs.
+
+    ``susceptibility`` (a ``rts.susceptibility.SusceptibilityLayer`` or None) skips fully masked
+    passes and filters every output (docs/susceptibility.md).
 
     Returns:
         The region's entry of the run log (counts, outputs, object scores when labels are set).
@@ -335,6 +378,8 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                 "temperature": predictor.temperature, "source": region.rgb, "extra": region.extra,
                 "grid": [region.row_off, region.col_off, region.height, region.width, list(region.transform)[:6]],
                 "tiles": len(region.tiles)}
+    if susceptibility is not None:
+        settings["susceptibility"] = susceptibility.describe()
     done_file = work / "done.json"
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
                              "tiles_total": len(region.tiles)}
@@ -354,22 +399,30 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
             log.info("%s: resuming, %d/%d passes already done", region.name, resumed, len(region.tiles))
         n_err_before = len(errors)
         t0 = time.perf_counter()
-        counts = _run_passes(predictor, region, state, batch_size=batch_size, num_workers=num_workers, errors=errors)
+        counts = _run_passes(predictor, region, state, batch_size=batch_size, num_workers=num_workers, errors=errors,
+                             susceptibility=susceptibility)
         statuses = [v["status"] for v in state.done.values()]
         entry.update(
             tiles_processed=statuses.count(TILE_OK), tiles_skipped_nodata=statuses.count(TILE_NODATA),
             tiles_error=len(errors) - n_err_before, tiles_resumed=resumed, tiles_run=counts["run"],
             tiles_with_detections=sum(1 for v in state.done.values() if v["status"] == TILE_OK and v["max_prob"] >= threshold),
         )
+        if susceptibility is not None:
+            from rts.susceptibility import TILE_SUSCEPTIBILITY
+
+            entry["tiles_skipped_susceptibility"] = statuses.count(TILE_SUSCEPTIBILITY)
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
             return entry
         t1 = time.perf_counter()
         entry.update(write_outputs(region, state, out_dir, threshold=threshold, scales=predictor.scales,
-                                   tile_size=predictor.tile_size, blocksize=blocksize))
+                                   tile_size=predictor.tile_size, blocksize=blocksize, susceptibility=susceptibility))
+        if susceptibility is not None:
+            entry["susceptibility"].update(tiles=entry["tiles_processed"], tiles_skipped=entry["tiles_skipped_susceptibility"])
         entry["timing"] = {"passes_s": round(t1 - t0, 3), "finalize_s": round(time.perf_counter() - t1, 3)}
         if region.labels:
-            entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou)
+            entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou,
+                                             susceptibility=susceptibility)
         entry["complete"] = True
         write_json_atomic(done_file, {"settings": settings, "threshold": threshold, "summary": entry})
     finally:
@@ -413,6 +466,13 @@ def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: st
     return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
 
 
+def _calibrated_with_filter(model) -> bool:
+    from rts.inference.predictor import CALIBRATION_FILE
+
+    path = Path(model) / CALIBRATION_FILE
+    return path.exists() and bool(json.loads(path.read_text()).get("susceptibility"))
+
+
 def _check_extra(predictor: Predictor, extra, scene) -> None:
     if predictor.extra_channels and extra is None:
         raise ValueError(f"{scene}: the model uses EXTRA channels {predictor.extra_channels}; pass --extra FILE "
@@ -422,10 +482,12 @@ def _check_extra(predictor: Predictor, extra, scene) -> None:
 def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes: list[str] = (), extras: list[str] = (),
                 labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
                 tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
-                **kwargs: Any) -> dict:
+                susceptibility: str | None = None, min_likelihood: float = 0.5, **kwargs: Any) -> dict:
     """Everything ``rts predict`` does: load the package, predict each input, write the run log.
 
     A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
+    ``susceptibility``: path of an RTS likelihood raster; passes where it is below ``min_likelihood``
+    are skipped and objects there dropped (docs/susceptibility.md).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -437,6 +499,9 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         raise ValueError(f"--extra: {len(extras)} file(s) for {len(scenes) if scenes else 1} input(s); give one per scene, in order")
     if labels and len(labels) != len(scenes):
         raise ValueError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
+    from rts.susceptibility import open_layer
+
+    layer = open_layer(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
     predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)
     model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
@@ -448,9 +513,11 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     for kind, src, extra, lab in jobs:
         try:
             if kind == "scene":
-                regions.append(predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors, **kwargs))
+                regions.append(predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors,
+                                             susceptibility=layer, **kwargs))
             else:
-                regions.append(predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors, **kwargs))
+                regions.append(predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors,
+                                             susceptibility=layer, **kwargs))
         except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
             if isinstance(e, ValueError) and "different settings" in str(e):
                 raise
@@ -469,6 +536,13 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     run_log["tiles_error"] = len([e for e in errors if "tile" in e])
+    if layer is not None:  # --- susceptibility filter totals over the regions
+        totals = {k: sum(r.get("susceptibility", {}).get(k, 0) for r in regions)
+                  for k in ("tiles_skipped", "objects_before", "objects_removed", "objects_clipped", "pixels_removed", "area_removed_m2")}
+        run_log["susceptibility"] = {**layer.describe(), **totals}
+        layer.close()
+    elif _calibrated_with_filter(model):
+        log.warning("%s: thresholds were calibrated with a susceptibility filter; pass --susceptibility to apply it", model)
     write_json_atomic(out_dir / RUN_LOG, run_log)
     return run_log
 
@@ -497,6 +571,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
     parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
     parser.add_argument("--iou", type=float, default=0.3, help="IoU of a match for the --labels metric")
+    parser.add_argument("--susceptibility", help="RTS likelihood raster (any CRS/resolution): skip passes and drop objects below --min-likelihood")
+    parser.add_argument("--min-likelihood", type=float, default=0.5, help="susceptibility threshold (default 0.5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -505,6 +581,7 @@ def run(args: argparse.Namespace) -> int:
         scales=args.scales, tta=args.tta, threshold=args.threshold, ratio=args.ratio, device=args.device, amp=args.amp,
         stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
         keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
+        susceptibility=args.susceptibility, min_likelihood=args.min_likelihood,
     )
     log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
              run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),
