@@ -23,11 +23,13 @@ DEMO_OVERRIDES = {
     "model.encoder": "tu-efficientnet_b0",  # timm BN (momentum 0.1): running stats keep up in a short run
     "model.encoder_weights": "null",  # no model hub offline; trained from scratch
     "data.tile_size": 128,
+    "data.extra_channels": "[ndvi,sr]",  # early fusion: floor (NDVI) and headwall (shaded relief) cues
     "data.boundary_ignore_width": 1,
+    "sampler.pos_fraction_per_batch": 0.25,  # 4 RTS tiles + 12 negatives: FPs on negatives are the cost
     "train.batch_size": 16,
-    "train.max_epochs": 30,
-    "train.steps_per_epoch": 12,
-    "train.val_every": 2,
+    "train.max_epochs": 40,
+    "train.steps_per_epoch": 15,
+    "train.val_every": 4,
     "train.num_workers": 1,
     "train.persistent_workers": "false",
     "train.save_every_n_epochs": 5,
@@ -37,7 +39,7 @@ DEMO_OVERRIDES = {
     "optim.warmup_epochs": 1,
     "optim.freeze_backbone_epochs": 0,  # nothing pretrained to protect
     "optim.unfreeze_lr_multiplier": 1.0,
-    "evaluate.min_object_px": 30,
+    "evaluate.tta": "standard",
     "evaluate.batch_size": 16,
 }
 
