@@ -280,3 +280,34 @@ def test_progressive_crop_schedule():
     phases = [[256, 2], [384, 1]]
     assert [progressive_crop(phases, e, 512) for e in range(5)] == [256, 256, 384, None, None]
     assert progressive_crop([], 0, 512) is None
+
+
+def test_prepare_fails_on_bad_data_and_writes_nothing(tmp_path):
+    from rts.data.prepare import DataCheckError, prepare
+    from rts.io import LABEL_DIR, write_geotiff
+
+    root = make_dataset(tmp_path / "ds")
+    import rasterio
+
+    path = root / LABEL_DIR / "alpha_001.tif"
+    with rasterio.open(path) as src:
+        transform = src.transform
+    write_geotiff(path, np.full((1, 32, 32), 7, np.uint8), transform)  # label value 7
+    out, metrics = tmp_path / "prepared", tmp_path / "metrics" / "prepare.json"
+    with pytest.raises(DataCheckError, match="alpha_001"):
+        prepare(DataConfig(root=str(root), tile_size=32), PrepareConfig(), seed=0, out_dir=out, metrics_path=metrics, cache_dir=None)
+    assert not out.exists() and not metrics.exists()
+
+
+def test_prepare_writes_manifests_stats_and_summary(dataset_root, tmp_path):
+    from rts.data.prepare import prepare
+
+    out, metrics = tmp_path / "prepared", tmp_path / "metrics.json"
+    summary = prepare(DataConfig(root=str(dataset_root), tile_size=32), PrepareConfig(), seed=0, out_dir=out,
+                      metrics_path=metrics, cache_dir=tmp_path / "cache")
+    assert {p.name for p in (out / "splits").iterdir()} == {"train.json", "val_balanced.json", "val_realistic.json", "test_realistic.json"}
+    stats = json.loads((out / "normalization_stats.json").read_text())
+    assert stats["n_tiles_used"] == 10 and len(stats["extra"]["mean"]) == 4
+    m = json.loads(metrics.read_text())
+    assert m["val_realistic"]["n_neg"] == 9 and m["train"]["rts_pixel_fraction"] > 0
+    assert summary["class_pixel_counts"]["rts"] > 0
