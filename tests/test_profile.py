@@ -130,9 +130,12 @@ def test_find_max_batch_respects_a_small_budget(ladder):
     assert r["memory_budget_bytes"] == budget
     for t in r["trials"]:
         assert t["fits"] == (t["peak_memory_bytes"] <= budget)
-    assert trials[1]["fits"] and not trials[8]["fits"]
+    # RSS-based CPU memory is noisy between runs, so the search may stop doubling before 8: check
+    # only what the search itself guarantees
+    assert trials[1]["fits"]
     best = r["max_fitting_batch"]
     assert 1 <= best < 8 and not r["capped"]
+    assert all(not t["fits"] for b, t in trials.items() if b > best)
     assert trials[best + 1]["fits"] is False  # bisection ran to the boundary
     assert r["batch_size"] == valid_batch_size(best, 0.5)
     if r["batch_size"] is not None:
