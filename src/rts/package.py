@@ -14,6 +14,13 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _susceptibility(calibration: dict) -> str:
+    s = calibration.get("susceptibility") or {}
+    if not s.get("path"):
+        return "none"
+    return f"`{s['path']}`, objects where likelihood < {s.get('min_likelihood')} dropped (use the same layer at inference)"
+
+
 def model_card(package: dict, calibration: dict, test_report: dict, ious: list[float]) -> str:
     m, d = package["model_config"], package["data_config"]
     lines = [
@@ -37,6 +44,7 @@ def model_card(package: dict, calibration: dict, test_report: dict, ious: list[f
         f" NLL {calibration['nll_before']:.5f} -> {calibration['nll_after']:.5f},"
         f" ECE {calibration['ece_before']:.5f} -> {calibration['ece_after']:.5f}",
         f"- Thresholds: lowest threshold reaching precision {calibration['target_precision']} on val-realistic",
+        f"- Susceptibility filter (guide 13): {_susceptibility(calibration)}",
         "",
         "| ratio | object threshold (IoU {}) | val precision | val recall | pixel threshold |".format(calibration["object_iou"]),
         "|---|---|---|---|---|",

@@ -566,7 +566,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA")
     parser.add_argument("--stride", type=int, help="pass spacing in px (default tile_size / 2)")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader reader processes (0: read in the main process)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader reader processes (default: min(4, CPU count); 0: read in the main process)")
     parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
     parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
     parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
