@@ -14,7 +14,6 @@ An unreachable target is reported as such with the best precision seen; no silen
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,12 +113,6 @@ def select_threshold(thresholds: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn:
     return {"threshold": None, "reached": False, "best_precision": best, "best_precision_threshold": at,
             "target_precision": target_precision,
             "note": f"target precision {target_precision} not reached on val-realistic"}
-
-
-def nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
 
 
 def calibrated_accumulator(ev, logits_dir, tiles, temperature: float, *, operating_threshold: float, keep=None):

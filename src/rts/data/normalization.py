@@ -189,14 +189,6 @@ class Normalizer:
         self.mean = np.array(stats["rgb"]["mean"] + [stats["extra"]["mean"][i] for i in idx], np.float32)
         self.std = np.array(stats["rgb"]["std"] + [stats["extra"]["std"][i] for i in idx], np.float32)
 
-    @property
-    def n_channels(self) -> int:
-        return len(self.mean)
-
-    def stack(self, rgb: np.ndarray, extra: np.ndarray) -> np.ndarray:
-        """(3+k, H, W) float32 raw values: RGB then the selected EXTRA channels."""
-        return raw_stack(rgb, extra, self.extra_index)
-
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Normalise a (C, H, W) or (H, W, C)-agnostic channels-first float array."""
         c = (slice(None), None, None)

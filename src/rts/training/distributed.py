@@ -66,14 +66,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj, src: int = 0):
-    if dist.is_available() and dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=src)
-        return box[0]
-    return obj
-
-
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = True) -> None:
     """Seed python/numpy/torch with a per-rank offset; deterministic kernels when asked (guide 12.2)."""
     s = seed + rank

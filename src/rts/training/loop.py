@@ -412,5 +412,9 @@ def _flat_metrics(final: dict) -> dict:
     out = {k: v for k, v in final.items() if k != "best"}
     out.update({f"best_{k}": v for k, v in final["best"].items()})
     # JSON has no NaN (a precision with no prediction is undefined): write null.
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in
-            ((k, float(v) if isinstance(v, (np.floating, float)) else v) for k, v in out.items())}
+    clean = {}
+    for k, v in out.items():
+        if isinstance(v, (np.floating, float)):
+            v = None if math.isnan(v) else float(v)
+        clean[k] = v
+    return clean
