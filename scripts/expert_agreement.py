@@ -1,16 +1,18 @@
-"""Score each expert of the RTS labelling intercomparison against the experts' majority.
+"""Score each expert of the RTS labelling intercomparison against the experts' majority with `rts score`.
 
 Rasterises every expert's polygons of one site (``<site>/labels/<site>_digitized_labelerNN.shp``)
 onto one EPSG:3413 grid over the site's AOI (3 m, pixel-centre rule) and votes: a pixel is RTS in
-the majority when more than half of the experts include it. Writes, per expert NN:
+the majority when more than half of the experts include it. Writes
 
-- ``OUT/experts/<site>_labelerNN.tif``: float32 0/1 "probability" (the expert's mask);
-- ``OUT/majority/<site>_labelerNN.tif``: uint8 label {0, 1}, the majority (same for every NN, so
-  a scorer that pairs files by name, ``rts score OUT/experts OUT/majority``, scores each expert).
+- ``OUT/majority/<site>.tif``: uint8 label {0, 1}, the majority;
+- ``OUT/experts/<site>_labelerNN/<site>.tif``: float32 0/1 "probability" (one expert's mask), in
+  its own folder so that ``rts score OUT/experts/<site>_labelerNN OUT/majority`` pairs it with the
+  majority by file name;
 
-It also prints a Markdown table computed here with the project's metric definitions
-(``rts.metrics.objects``): pixel IoU, and object precision/recall at IoU 0.3 with objects under
-``--min-object-px`` ignored on both sides.
+then runs that ``rts score`` command once per expert (``--out OUT/scores/<site>_labelerNN.json``)
+and prints a Markdown table from those JSON files: pixel IoU, and object precision/recall at IoU
+0.3 (the ``unweighted`` entry: one positive tile, no negatives to weight), objects under
+``--min-object-px`` ignored on both sides. ``OUT/agreement.json`` collects the rows.
 
 Usage:
     .venv/bin/python scripts/expert_agreement.py ../shared/data/rts_digitization_experiment/Peel OUT
@@ -19,6 +21,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from rasterio.features import rasterize
 
 from rts.data.tiles_sources import read_geometries
 from rts.io import write_geotiff, write_json_atomic
-from rts.metrics.objects import gt_components, match_objects, pred_components
+from rts.metrics.objects import gt_components, pred_components
 
 
 def site_grid(site: Path, pixel_size: float) -> tuple[Affine, tuple[int, int]]:
@@ -57,20 +61,19 @@ def expert_masks(site: Path, transform: Affine, shape: tuple[int, int]) -> dict[
     return out
 
 
-def score(mask: np.ndarray, majority: np.ndarray, min_object_px: int, iou: float) -> dict[str, float]:
-    """Pixel IoU and object precision/recall of one expert mask against the majority."""
-    inter = int((mask & majority).sum())
-    union = int((mask | majority).sum())
-    pred = pred_components(mask.astype(np.float32), majority, 0.5, min_object_px=min_object_px)
-    gt = gt_components(majority, min_object_px=min_object_px)
-    tp, fp, fn, _ = match_objects(pred, gt, iou)
-    return {
-        "pixel_iou": inter / union if union else 1.0,
-        "object_precision": tp / (tp + fp) if tp + fp else float("nan"),
-        "object_recall": tp / (tp + fn) if tp + fn else float("nan"),
-        "n_objects": pred.n,
-        "rts_px": int(mask.sum()),
-    }
+def rts_score(pred_dir: Path, label_dir: Path, out_json: Path, min_object_px: int) -> dict:
+    """Run the ``rts score`` command line on one folder pair and return its JSON."""
+    cmd = [sys.executable, "-m", "rts", "score", str(pred_dir), str(label_dir), "--out", str(out_json), "--min-object-px", str(min_object_px)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr}")
+    return json.loads(out_json.read_text())
+
+
+def table_row(result: dict, iou: float) -> dict[str, float | None]:
+    """Pixel IoU and object precision/recall at ``iou`` from an ``rts score`` result."""
+    u = result["unweighted"]
+    return {"pixel_iou": u["iou_rts"], "object_precision": u[f"obj_iou{iou:g}_precision"], "object_recall": u[f"obj_iou{iou:g}_recall"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     masks = expert_masks(args.site, transform, shape)
     votes = np.sum(list(masks.values()), axis=0)
     majority = (2 * votes > len(masks)).astype(np.uint8)  # strictly more than half
+    write_geotiff(args.out / "majority" / f"{args.site.name}.tif", majority[None], transform)
     rows = {}
     for name, mask in masks.items():
-        write_geotiff(args.out / "experts" / f"{name}.tif", mask.astype(np.float32)[None], transform)
-        write_geotiff(args.out / "majority" / f"{name}.tif", majority[None], transform)
-        rows[name] = score(mask, majority, args.min_object_px, args.iou)
+        write_geotiff(args.out / "experts" / name / f"{args.site.name}.tif", mask.astype(np.float32)[None], transform)
+        result = rts_score(args.out / "experts" / name, args.out / "majority", args.out / "scores" / f"{name}.json", args.min_object_px)
+        objects = pred_components(mask.astype(np.float32), majority, 0.5, min_object_px=args.min_object_px).n
+        rows[name] = {"rts_px": int(mask.sum()), "n_objects": objects, **table_row(result, args.iou)}
     gt_n = gt_components(majority, min_object_px=args.min_object_px).n
     summary = {"site": args.site.name, "experts": len(masks), "grid": {"shape": shape, "transform": list(transform)[:6]},
                "majority_rts_px": int(majority.sum()), "majority_objects": gt_n, "scores": rows}
@@ -100,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{majority.mean():.2%} of the AOI, {gt_n} objects >= {args.min_object_px} px")
     print(f"| expert | RTS px | objects | pixel IoU | object P@{args.iou} | object R@{args.iou} |")
     print("|---|---:|---:|---:|---:|---:|")
+    f2 = lambda v: "n/a" if v is None or np.isnan(v) else f"{v:.2f}"  # noqa: E731
     for name, r in rows.items():
-        print(f"| {name} | {r['rts_px']} | {r['n_objects']} | {r['pixel_iou']:.2f} | {r['object_precision']:.2f} | {r['object_recall']:.2f} |")
-    mean = {k: np.nanmean([r[k] for r in rows.values()]) for k in ("pixel_iou", "object_precision", "object_recall")}
-    print(f"| mean | | | {mean['pixel_iou']:.2f} | {mean['object_precision']:.2f} | {mean['object_recall']:.2f} |")
+        print(f"| {name} | {r['rts_px']} | {r['n_objects']} | {f2(r['pixel_iou'])} | {f2(r['object_precision'])} | {f2(r['object_recall'])} |")
+    mean = {k: np.nanmean([np.nan if r[k] is None else r[k] for r in rows.values()]) for k in ("pixel_iou", "object_precision", "object_recall")}
+    print(f"| mean | | | {f2(mean['pixel_iou'])} | {f2(mean['object_precision'])} | {f2(mean['object_recall'])} |")
     return 0
 
 

@@ -390,3 +390,35 @@ def test_peel_majority_builds_a_checked_loadable_dataset(tmp_path):
     ds = TileDataset(store, tiles, Normalizer(stats, ["ndvi", "nir"]))
     item = ds[next(i for i, t in enumerate(tiles) if t.positive)]
     assert tuple(item["image"].shape) == (5, 128, 128) and bool(item["target"].sum() > 0)
+
+
+@needs_peel
+def test_expert_agreement_is_scored_with_rts_score(tmp_path):
+    """The README's worked example: each Peel expert scored against the majority by `rts score`."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "scripts" / "expert_agreement.py"
+    proc = subprocess.run([sys.executable, str(script), str(PEEL), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    agreement = json.loads((tmp_path / "agreement.json").read_text())
+    assert agreement["experts"] == 12 and agreement["majority_objects"] == 9
+    scores = sorted((tmp_path / "scores").glob("Peel_labeler*.json"))
+    assert len(scores) == 12
+    # The table is read from rts score's own JSON: one positive tile, no negatives.
+    for path in scores:
+        result = json.loads(path.read_text())
+        assert result["n_pos_tiles"] == 1 and result["n_neg_tiles"] == 0
+        row = agreement["scores"][path.stem]
+        assert row["pixel_iou"] == result["unweighted"]["iou_rts"]
+        assert row["object_recall"] == result["unweighted"]["obj_iou0.3_recall"]
+    # Cross-check one expert by hand: pixel IoU of the two rasters written for rts score.
+    expert = rasterio.open(tmp_path / "experts" / "Peel_labeler01" / "Peel.tif").read(1) > 0.5
+    majority = rasterio.open(tmp_path / "majority" / "Peel.tif").read(1) == 1
+    assert agreement["scores"]["Peel_labeler01"]["pixel_iou"] == pytest.approx((expert & majority).sum() / (expert | majority).sum())
+    # The README table (rounded): mean pixel IoU 0.70, object P 0.89, R 0.81 at IoU 0.3.
+    rows = agreement["scores"].values()
+    assert np.mean([r["pixel_iou"] for r in rows]) == pytest.approx(0.70, abs=0.005)
+    assert np.mean([r["object_precision"] for r in rows]) == pytest.approx(0.89, abs=0.005)
+    assert np.mean([r["object_recall"] for r in rows]) == pytest.approx(0.81, abs=0.005)
+    assert "| mean | | | 0.70 | 0.89 | 0.81 |" in proc.stdout
