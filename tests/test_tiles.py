@@ -317,10 +317,8 @@ def test_arts_polygons_rasterise_to_their_area():
     assert len(polys.geoms) == 2473 and polys.empty == 1
     assert sorted(p["UID"][:8] for p in polys.invalid) == ["83f1d8b7", "8fd7ed49", "f02567ee"]
     assert all(p["reason"].startswith("Self-intersection") for p in polys.invalid)
-    sample = np.random.default_rng(0).choice(len(polys.geoms), 400, replace=False)
     rel, px, total_raster, total_vector = [], [], 0.0, 0.0
-    for i in sample:
-        g = polys.geoms[i]
+    for g in polys.geoms:  # every valid polygon of the build (~2,450 over 100 px; a few seconds)
         x0, y0, x1, y1 = g.bounds
         ox, oy = np.floor(x0 / 3) * 3, np.ceil(y1 / 3) * 3  # the dataset's 3 m grid
         shape = (int((oy - y0) // 3) + 2, int((x1 - ox) // 3) + 2)
@@ -331,14 +329,15 @@ def test_arts_polygons_rasterise_to_their_area():
             total_raster += n * 9
             total_vector += g.area
     rel, px = np.array(rel), np.array(px)
-    assert len(rel) > 350
-    # Pixel-centre rasterisation is unbiased: the summed area agrees to 0.2%.
-    assert abs(total_raster - total_vector) / total_vector < 0.002
-    # Per polygon, boundary noise shrinks with size: within 2% for 97% of those over 100 px and
-    # for every one over 1000 px (the few misses are 100-400 px, up to ~3%).
-    assert (rel <= 0.02).mean() >= 0.97
-    assert rel[px > 1000].max() <= 0.02
-    assert rel.max() < 0.05
+    assert len(rel) > 2400
+    # Pixel-centre rasterisation is unbiased: the summed area agrees to 0.1%.
+    assert abs(total_raster - total_vector) / total_vector < 0.001
+    # Per polygon: within 2% for every polygon over 400 px and for 98.9% of those over 100 px. The
+    # misses (100-400 px, up to 6%) are the quantisation limit of the pixel-centre rule, not a bias:
+    # a 100 px polygon's outline crosses ~40 pixels, each in or out by its centre (docs/tiles.md).
+    assert rel[px > 400].max() <= 0.02
+    assert (rel <= 0.02).mean() >= 0.985
+    assert rel.max() < 0.07
 
 
 @needs_peel
