@@ -245,3 +245,28 @@ def test_imagenet_through_library_then_rgb_kept(tmp_path, monkeypatch):
     model = build_model(cfg(weights="imagenet"), in_channels=4, n_extra=1)
     assert torch.equal(model.encoder.conv1.weight[:, :3], state["conv1.weight"])
     assert torch.allclose(model.encoder.conv1.weight[:, 3], state["conv1.weight"].mean(1))
+
+
+def test_decoder_channels_set_the_unet_decoder_widths():
+    default = build_model(cfg("unet", "resnet18"), in_channels=5, n_extra=2)
+    slim = build_model(cfg("unet", "resnet18", decoder_channels=[128, 64, 32, 16, 8]), in_channels=5, n_extra=2)
+    widths = [b.conv2[0].out_channels for b in slim.decoder.blocks]
+    assert widths == [128, 64, 32, 16, 8]
+    assert [b.conv2[0].out_channels for b in default.decoder.blocks] == [256, 128, 64, 32, 16]
+    assert sum(p.numel() for p in slim.decoder.parameters()) < 0.5 * sum(p.numel() for p in default.decoder.parameters())
+    forward_backward(slim, 5)
+    late = build_model(cfg("unet", "resnet18", decoder_channels=[64, 32, 16, 16, 8], fusion="late"), in_channels=5, n_extra=2)
+    forward_backward(late, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "deeplabv3plus", "decoder_channels": [128, 64, 32, 16, 8]}, "only for arch"),
+        ({"arch": "unet", "decoder_channels": [128, 64, 32]}, "must be 5 positive widths"),
+        ({"arch": "unet", "decoder_channels": [128, 64, 32, 16, 0]}, "must be 5 positive widths"),
+    ],
+)
+def test_decoder_channels_are_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=rf"model\.decoder_channels.*{message}"):
+        ModelConfig(encoder="resnet18", encoder_weights=None, **kwargs)

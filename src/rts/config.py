@@ -76,6 +76,9 @@ class PrepareConfig:
         _check(self.percentile_sample_px >= 10, "prepare.percentile_sample_px", "must be >= 10")
 
 
+DECODER_CHANNELS_ARCHS = ("unet", "unetplusplus", "swin_unet")
+
+
 @dataclass
 class ModelConfig:
     arch: ArchName = "unetplusplus"
@@ -84,9 +87,15 @@ class ModelConfig:
     fusion: Literal["early", "late"] = "early"
     deep_supervision: bool = False
     deep_supervision_weight: float = 0.4
+    decoder_channels: list[int] | None = None  # U-Net / UNet++ decoder widths, deepest first; None = smp's (256, 128, 64, 32, 16)
 
     def __post_init__(self) -> None:
         _check(self.deep_supervision_weight >= 0, "model.deep_supervision_weight", "must be >= 0")
+        if self.decoder_channels is not None:
+            _check(self.arch in DECODER_CHANNELS_ARCHS, "model.decoder_channels",
+                   f"only for arch {' / '.join(DECODER_CHANNELS_ARCHS)} (smp U-Net decoders), not {self.arch!r}; use null")
+            _check(len(self.decoder_channels) == 5 and all(c > 0 for c in self.decoder_channels), "model.decoder_channels",
+                   f"must be 5 positive widths (one per decoder stage, deepest first), got {self.decoder_channels}")
         if self.deep_supervision:
             _check(self.arch == "unet3plus", "model.deep_supervision", f"only supported by arch 'unet3plus', not {self.arch!r}")
 

@@ -252,8 +252,10 @@ def adapt_input_channels(module: nn.Module, in_channels: int, *, keep_rgb: bool)
 # ------------------------------------------------------------------------------ building
 
 
-def _build_base(arch: str, encoder: str, in_channels: int, tag: Any, deep_supervision: bool) -> nn.Module:
+def _build_base(arch: str, encoder: str, in_channels: int, tag: Any, deep_supervision: bool, decoder_channels: Sequence[int] | None = None) -> nn.Module:
     kwargs = _encoder_kwargs(encoder)
+    if decoder_channels is not None:  # smp U-Net / UNet++ (ModelConfig checks the arch)
+        kwargs["decoder_channels"] = tuple(decoder_channels)
     match arch:
         case "unet3plus":
             return UNet3Plus(encoder, in_channels, encoder_weights=tag, deep_supervision=deep_supervision, **kwargs)
@@ -312,7 +314,7 @@ def build_model(
     late = n_extra > 0 and model.fusion == "late"
     # Pretrained encoders are built for RGB, loaded, then adapted; random ones are built at the final width.
     base_in = 3 if (pretrained or late) else in_channels
-    net = _with_library_weights(lambda: _build_base(model.arch, encoder, base_in, tag, model.deep_supervision), encoder, tag)
+    net = _with_library_weights(lambda: _build_base(model.arch, encoder, base_in, tag, model.deep_supervision, model.decoder_channels), encoder, tag)
     if file is not None:
         load_encoder_weights(net.encoder, file)
     if n_extra and not late and pretrained:
