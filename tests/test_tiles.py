@@ -421,3 +421,47 @@ def test_expert_agreement_is_scored_with_rts_score(tmp_path):
     assert np.mean([r["object_precision"] for r in rows]) == pytest.approx(0.89, abs=0.005)
     assert np.mean([r["object_recall"] for r in rows]) == pytest.approx(0.81, abs=0.005)
     assert "| mean | | | 0.70 | 0.89 | 0.81 |" in proc.stdout
+
+
+@needs_peel
+def test_peel_dataset_trains_and_evaluates_end_to_end(tmp_path):
+    """Real labels through the real pipeline: rts tiles -> prepare -> train (a few steps) -> evaluate."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from workdir import make_workdir, run
+
+    experts = read_experts(sorted((PEEL / "labels").glob("Peel_digitized_labeler*.shp")))
+    majority = majority_polygons(experts)
+    polys = tmp_path / "peel_majority.geojson"
+    write_polygons(polys, majority, [f"peel_{i}" for i in range(len(majority))], "Peel")
+    # Three regions (west / centre / east strips cut between RTS), so the splits are spatial blocks.
+    xs = sorted(p.centroid.x for p in majority)
+    cuts = [(xs[len(xs) // 3 - 1] + xs[len(xs) // 3]) / 2, (xs[2 * len(xs) // 3 - 1] + xs[2 * len(xs) // 3]) / 2]
+    y0, y1, far = min(p.bounds[1] for p in majority) - 5e4, max(p.bounds[3] for p in majority) + 5e4, 5e4
+    strips = [shapely.box(xs[0] - far, y0, cuts[0], y1), shapely.box(cuts[0], y0, cuts[1], y1), shapely.box(cuts[1], y0, xs[-1] + far, y1)]
+    regions = tmp_path / "regions.geojson"
+    regions.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3413"}},
+        "features": [{"type": "Feature", "properties": {"name": f"Peel {n}"}, "geometry": shapely.geometry.mapping(g)}
+                     for n, g in zip(["west", "centre", "east"], strips)],
+    }))
+    out = tmp_path / "peel"
+    opts = TileOptions(tile_size=64, rgb_bands=[3, 2, 1], rgb_scale="3000", negative_distance=0.0)
+    build_tiles([PEEL_S2], polys, out, options=opts, regions=regions, region_field="name",
+                extras=[parse_extra(f"ndvi={PEEL_S2}:3,7"), parse_extra(f"nir={PEEL_S2}:7")])
+    from rts.data.checks import check_dataset
+
+    assert check_dataset(out) == []
+    splits = yaml.safe_load((out / "splits.yaml").read_text())
+    assert all(splits[s] for s in ("train", "val", "test")), splits
+
+    wd = make_workdir(tmp_path / "wd", {"data.extra_channels": ["ndvi", "nir"], "train.max_epochs": 2, "train.steps_per_epoch": 3}, data=out)
+    run([sys.executable, "-m", "stages.prepare"], wd)
+    run([sys.executable, "-m", "stages.train"], wd)
+    run([sys.executable, "-m", "stages.evaluate"], wd)
+    train = json.loads((wd / "metrics" / "train.json").read_text())
+    assert train["steps"] == 6
+    ev = json.loads((wd / "metrics" / "evaluate.json").read_text())
+    assert ev["val_realistic"]["n_pos_tiles"] > 0 and ev["val_realistic"]["n_neg_tiles"] > 0
