@@ -22,14 +22,15 @@ DEMO_OVERRIDES = {
     "model.arch": "unet",
     "model.encoder": "tu-efficientnet_b0",  # timm BN (momentum 0.1): running stats keep up in a short run
     "model.encoder_weights": "null",  # no model hub offline; trained from scratch
+    "model.decoder_channels": "[128,64,32,16,8]",  # half-width decoder: 1.05 s instead of 1.66 s per step on 2 cores
     "data.tile_size": 128,
-    "data.extra_channels": "[ndvi,sr]",  # early fusion: floor (NDVI) and headwall (shaded relief) cues
+    "data.extra_channels": "[ndvi,re,sr]",  # early fusion: barren floor (NDVI), depression (RE), headwall (shaded relief)
     "data.boundary_ignore_width": 1,
     "sampler.pos_fraction_per_batch": 0.25,  # 4 RTS tiles + 12 negatives: FPs on negatives are the cost
     "train.batch_size": 16,
     "train.max_epochs": 40,
     "train.steps_per_epoch": 15,
-    "train.val_every": 4,
+    "train.val_every": 8,  # 5 validations; each costs ~20 s of the 20 min budget
     "train.num_workers": 1,
     "train.persistent_workers": "false",
     "train.save_every_n_epochs": 5,

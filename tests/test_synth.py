@@ -231,6 +231,14 @@ def test_same_options_give_identical_bytes_and_cli_writes_preview(tiny, tmp_path
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
+def test_worker_count_does_not_change_the_bytes(tiny, tmp_path):
+    """Regions render in parallel processes; one process gives exactly the same files."""
+    synthesize(tmp_path / "serial", preset="tiny", seed=3, workers=1)
+    synthesize(tmp_path / "three", preset="tiny", seed=3, workers=3)
+    a, b, c = _files(tiny), _files(tmp_path / "serial"), _files(tmp_path / "three")
+    assert a == b == c
+
+
 def test_another_seed_gives_another_dataset(tiny, tmp_path):
     synthesize(tmp_path / "s4", preset="tiny", seed=4, n_pos=3, n_neg=3)
     assert (tmp_path / "s4" / "metadata.csv").read_bytes() != (tiny / "metadata.csv").read_bytes()
@@ -271,7 +279,7 @@ def test_bad_options_are_rejected(kwargs, message):
 @pytest.mark.parametrize(
     ("preset", "n_pos", "n_neg", "expected"),
     [
-        ("demo", None, None, {"train": (150, 450), "val": (40, 200), "test": (40, 200)}),
+        ("demo", None, None, {"train": (150, 1500), "val": (40, 200), "test": (40, 200)}),
         (None, 100, 40, {"train": (70, 20), "val": (15, 10), "test": (15, 10)}),
         (None, 3, 3, {"train": (1, 1), "val": (1, 1), "test": (1, 1)}),
     ],
