@@ -24,9 +24,9 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 import time
-import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -107,7 +107,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # `make demo`: 2-core CPU, whole pipeline in ~15 minutes. The training split is 1:10 by tile, the
+    # `make demo`: 2-core CPU, whole pipeline in ~18 minutes. The training split is 1:10 by tile, the
     # epoch-level ratio of the real dataset (data-format.md); 5 training regions, 1 val, 1 test.
     "demo": Preset(128, 7, {"train": (150, 1500), "val": (40, 200), "test": (40, 200)}),
     # Unit tests: a couple of seconds.
