@@ -104,3 +104,18 @@ def test_changed_config_does_not_resume_foreign_checkpoints(prepared, tmp_path):
     proc = run(TRAIN, wd)
     assert "different configuration" in proc.stderr
     assert torch.load(wd / "checkpoints/last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+
+
+def test_loader_workers_pin_opencv_to_one_thread():
+    """A loader worker must not spawn a thread per core for its warps (it competes with training)."""
+    import cv2
+
+    from rts.training.distributed import worker_init_fn
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        worker_init_fn(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
