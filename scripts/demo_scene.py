@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,25 +24,25 @@ import rasterio
 import yaml
 from rasterio.merge import merge
 
+from rts.data.synth import block_period
 from rts.io import tile_paths, write_geotiff
-
-BLOCK = 5  # synth: 4 x 4 tiles per block at 128 px, plus a one-tile gap between blocks
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("data", type=Path, help="a dataset written by `rts synth` (128 px preset)")
+    p.add_argument("data", type=Path, help="a dataset written by `rts synth`")
     p.add_argument("out", type=Path)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--block", type=int, default=0, help="index among the split's blocks, most positive tiles first")
     args = p.parse_args(argv)
 
+    period = block_period(json.loads((args.data / "version.json").read_text())["options"]["tile_size"])
     regions = set(yaml.safe_load((args.data / "splits.yaml").read_text())[args.split])
     rows = [r for r in csv.DictReader(open(args.data / "metadata.csv", newline="")) if r["RegionName"] in regions]
     blocks: dict[tuple[str, int, int], list[dict]] = defaultdict(list)
     for r in rows:
         prefix, row, col = r["tile_id"].rsplit("_", 2)
-        blocks[(prefix, int(row) // BLOCK, int(col) // BLOCK)].append(r)
+        blocks[(prefix, int(row) // period, int(col) // period)].append(r)
     if not blocks:
         sys.exit(f"{args.data}: no tiles in split {args.split!r}")
     order = sorted(blocks, key=lambda k: (-sum(r["TrainClass"] == "Positive" for r in blocks[k]), -len(blocks[k]), k))

@@ -58,7 +58,7 @@ from rts.io import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["synthesize", "write_preview", "partial_label", "label_tile", "PRESETS", "REGIONS", "add_arguments", "run"]
+__all__ = ["synthesize", "write_preview", "partial_label", "label_tile", "PRESETS", "REGIONS", "block_period", "add_arguments", "run"]
 
 DATASET_VERSION = "2.0"
 GENERATOR = "rts synth"
@@ -239,6 +239,14 @@ def _tiles_per_block(tile_size: int) -> int:
     return 4 if tile_size <= 128 else 3
 
 
+def block_period(tile_size: int) -> int:
+    """Grid period, in tiles, of a region's blocks: a block of neighbouring tiles plus a one-tile gap.
+
+    Tiles ``(row, col)`` with the same ``(row // period, col // period)`` come from one rendered block.
+    """
+    return _tiles_per_block(tile_size) + 1
+
+
 def _region_origin(region: Region, tile_size: int) -> tuple[float, float]:
     """Top-left corner of tile (0, 0): the region centre snapped to the tile grid."""
     xs, ys = warp_transform("EPSG:4326", CRS, [region.lon], [region.lat])
@@ -268,7 +276,7 @@ def _region_tiles(
         rng = np.random.default_rng([seed, table_index, 1, k])
         block = render.render_block(rng, style, tile_size, b, positive=need_pos > 0, outlines=outlines)
         # Blocks sit on the region grid with a one-tile gap, so no content is cut at a seam.
-        row0, col0 = (k // blocks_per_row) * (b + 1), (k % blocks_per_row) * (b + 1)
+        row0, col0 = (k // blocks_per_row) * block_period(tile_size), (k % blocks_per_row) * block_period(tile_size)
         uids = [str(uuid.uuid5(_UID_NAMESPACE, f"{seed}/{region.slug}/{tile_size}/{k}/{i}")) for i in range(block.n_rts + 1)]
         areas = np.bincount(block.instance.ravel(), minlength=block.n_rts + 1)
         for ty in range(b):
