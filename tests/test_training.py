@@ -119,3 +119,46 @@ def test_loader_workers_pin_opencv_to_one_thread():
         assert cv2.getNumThreads() == 1
     finally:
         cv2.setNumThreads(before)
+
+
+def _state(value: float) -> dict:
+    return {"epoch": int(value), "model": {"w": torch.full((64, 64), value)}}
+
+
+def test_checkpoints_share_one_write_per_epoch_and_keep_their_epochs(tmp_path):
+    """best.pt and the numbered file are links to the epoch's last.pt: one serialisation per epoch,
+    and replacing last.pt later leaves each of them holding its own epoch's state."""
+    from rts.training.checkpoint import CheckpointManager, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=2)
+    ckpts.save(_state(1), epoch=1, is_best=True)
+    assert load(ckpts.last_path)["epoch"] == 1
+    assert ckpts.best_path.stat().st_ino == ckpts.last_path.stat().st_ino == (tmp_path / "checkpoint_epoch_0001.pt").stat().st_ino
+    ckpts.save(_state(2), epoch=2, is_best=False)
+    ckpts.save(_state(3), epoch=3, is_best=False)
+    assert load(ckpts.best_path)["epoch"] == 1 and torch.equal(load(ckpts.best_path)["model"]["w"], torch.full((64, 64), 1.0))
+    assert load(ckpts.last_path)["epoch"] == 3
+    assert [p.name for p in ckpts.numbered()] == ["checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt"]
+    assert [load(p)["epoch"] for p in ckpts.numbered()] == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt", "last.pt"]
+
+
+def test_checkpoint_write_failure_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk surfaces from torch's zip writer as a RuntimeError: the error names the file and the
+    free space, no temporary file is left behind, and the previous last.pt still loads."""
+    from rts.training import checkpoint
+    from rts.training.checkpoint import CheckpointManager, CheckpointWriteError, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=10, keep_last=1)
+    ckpts.save(_state(1), epoch=1, is_best=False)
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1675584 vs 1675480")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"last\.pt \(.*MiB free there\): .*unexpected pos"):
+        ckpts.save(_state(2), epoch=2, is_best=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert load(ckpts.last_path)["epoch"] == 1
