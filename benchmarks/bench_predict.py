@@ -5,7 +5,11 @@ Both sides use the same model, batch size and number of passes; the bare side ru
 end-to-end side is ``predict_scene``: windowed reads in DataLoader workers, merge into the
 memmap accumulator, manifest, then the COG/GeoPackage writes (timed separately as ``finalize``).
 
-    .venv/bin/python benchmarks/bench_predict.py --threads 1 --workers 1
+``--scenes K`` (K >= 2) adds a run of ``rts predict`` (``run_predict``) over K scenes, with the
+finalize step in line (``--finalize-workers 0``) and overlapped with the next scene's passes
+(``--finalize-workers 1``): tiles/s over the whole run, package loading included.
+
+    .venv/bin/python benchmarks/bench_predict.py --threads 1 --workers 1 --scenes 4
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from packages import write_package, write_scene  # noqa: E402
 
-from rts.inference.predict import predict_batch, predict_scene  # noqa: E402
+from rts.inference.predict import predict_batch, predict_scene, run_predict  # noqa: E402
 from rts.inference.predictor import load_predictor  # noqa: E402
 
 
@@ -35,6 +39,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--scenes", type=int, default=1, help="K >= 2: also time a K-scene run, finalize in line vs overlapped")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
@@ -67,6 +72,24 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         print(f"| {n} | {T} | {args.batch_size} | {args.threads} | {args.workers} | {bare:.1f} | {e2e:.1f} | {e2e / bare:.0%} "
               f"| {best_fin:.2f} | {full:.1f} | {full / bare:.0%} |")
+        if args.scenes >= 2:
+            scenes = []
+            for k in range(args.scenes):
+                scenes.append(str(write_scene(tmp / f"scene{k}.tif", rng.integers(0, 255, (3, args.scene, args.scene), dtype=np.uint8))))
+            print(f"\n{args.scenes} scenes of {n} passes, whole `rts predict` run (package loading included):\n")
+            print("| finalize workers | wall s | tiles/s | ratio to bare forward |")
+            print("|---|---|---|---|")
+            for workers in (0, 1):
+                best = float("inf")
+                for rep in range(args.repeats):
+                    out = tmp / f"multi{workers}_{rep}"
+                    run_log = run_predict(pkg, out, scenes=scenes, threshold=0.5, batch_size=args.batch_size,
+                                          num_workers=args.workers, finalize_workers=workers)
+                    assert not run_log["errors"], run_log["errors"]
+                    best = min(best, run_log["wall_time_s"])
+                    shutil.rmtree(out)
+                rate = n * args.scenes / best
+                print(f"| {workers} | {best:.1f} | {rate:.1f} | {rate / bare:.0%} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

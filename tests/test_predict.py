@@ -270,3 +270,73 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
     assert not (tmp_path / "b" / ".work" / "scene" / "prob.f32").exists()  # accumulators removed after success
     again = run_predict(pkg, tmp_path / "b", scenes=[str(scene)], threshold=0.5, num_workers=0)  # finished: skipped
     assert again["regions"][0]["tiles_run"] == 0 and load_predictor(pkg).tile_size == 64
+
+
+def test_background_finalize_overlaps_the_next_scene_with_identical_outputs(tmp_path, monkeypatch):
+    """``--finalize-workers 1``: scene a's outputs are written on a background thread while scene b's
+    passes run (a's writer waits for b's passes to start; written in line it would time out), with
+    the susceptibility filter on its own file handle; every output and log entry equals the
+    one-at-a-time run (``--finalize-workers 0``)."""
+    import threading
+
+    from rasterio.transform import from_origin
+
+    from rts.inference import predict as P
+    from rts.io import write_geotiff
+
+    pkg = write_package(tmp_path / "pkg")
+    scenes = [str(write_scene(tmp_path / f"{name}.tif", np.full((3, H, W), 10, np.uint8) + np.uint8(k * 100)))
+              for k, name in enumerate("ab")]
+    likelihood = np.ones((H, W), np.float32)
+    likelihood[:, 64:] = 0.0
+    layer = tmp_path / "susc.tif"
+    write_geotiff(layer, likelihood, from_origin(*ORIGIN, 3.0, 3.0), crs="EPSG:3413")
+    common = dict(scenes=scenes, threshold=0.0, num_workers=0, blocksize=64, susceptibility=str(layer))
+    inline = run_predict(pkg, tmp_path / "inline", finalize_workers=0, **common)
+
+    b_started, seen = threading.Event(), []
+    real_passes, real_write = P._run_passes, P.write_outputs
+
+    def passes(predictor, region, *args, **kwargs):
+        if region.name == "b":
+            b_started.set()
+        return real_passes(predictor, region, *args, **kwargs)
+
+    def write(region, *args, **kwargs):
+        if region.name == "a":
+            seen.append((threading.current_thread().name, b_started.wait(timeout=60)))
+        return real_write(region, *args, **kwargs)
+
+    monkeypatch.setattr(P, "_run_passes", passes)
+    monkeypatch.setattr(P, "write_outputs", write)
+    overlapped = run_predict(pkg, tmp_path / "overlap", finalize_workers=1, **common)
+    assert seen == [("rts-finalize_0", True)]
+
+    assert overlapped["errors"] == inline["errors"] == []
+    assert [r["name"] for r in overlapped["regions"]] == ["a", "b"]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("timing", "outputs")}  # noqa: E731
+    assert [strip(r) for r in overlapped["regions"]] == [strip(r) for r in inline["regions"]]
+    assert overlapped["regions"][0]["susceptibility"]["tiles_skipped"] > 0
+    for name in ("a.prob.tif", "a.mask.tif", "a.gpkg", "b.prob.tif", "b.mask.tif", "b.gpkg"):
+        assert (tmp_path / "overlap" / name).read_bytes() == (tmp_path / "inline" / name).read_bytes(), name
+    assert not list((tmp_path / "overlap" / ".work").glob("*/prob.f32"))  # accumulators removed by the writer
+    assert overlapped["options"]["finalize_workers"] == 1
+
+
+def test_failed_background_write_is_logged_and_the_run_goes_on(tmp_path, monkeypatch):
+    from rts.inference import predict as P
+
+    pkg = write_package(tmp_path / "pkg")
+    scenes = [str(write_scene(tmp_path / f"{name}.tif", np.full((3, H, W), 10, np.uint8))) for name in "ab"]
+    real_write = P.write_outputs
+
+    def write(region, *args, **kwargs):
+        if region.name == "a":
+            raise OSError(28, "No space left on device", str(tmp_path / "out" / "a.prob.tif"))
+        return real_write(region, *args, **kwargs)
+
+    monkeypatch.setattr(P, "write_outputs", write)
+    run_log = run_predict(pkg, tmp_path / "out", scenes=scenes, threshold=0.5, num_workers=0, finalize_workers=1)
+    assert [e["file"] for e in run_log["errors"]] == [scenes[0]] and "No space left" in run_log["errors"][0]["error"]
+    assert [r["name"] for r in run_log["regions"]] == ["b"] and (tmp_path / "out" / "b.prob.tif").exists()
+    assert (tmp_path / "out" / ".work" / "a" / "prob.f32").exists()  # a's passes are kept: a re-run only writes

@@ -11,7 +11,9 @@ One *region* (a scene, or a tile list's bounding box over a mosaic) is processed
    killed run resumes from the manifest; the merge is idempotent (re-running a pass whose writes
    were partly flushed gives the same bytes);
 4. when every pass is done, the COGs and GeoPackage are written block by block and renamed into
-   place, and the memmaps are deleted (``--keep-work`` keeps them).
+   place, and the memmaps are deleted (``--keep-work`` keeps them). Over several inputs, this
+   finalize step runs on a background thread (``--finalize-workers``) while the next region's
+   passes run, so the device does not wait for the writes of the previous scene.
 
 The run log (``OUT/run_log.json``) is written at the end of every run.
 """
@@ -22,8 +24,11 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import signal
 import time
+from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -361,14 +366,21 @@ def object_scores(region: Region, state: RegionState, labels: str, *, threshold:
 def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
                    stride: int, batch_size: int = 8, num_workers: int = 2, blocksize: int = 512,
                    keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None,
-                   susceptibility=None) -> dict:
+                   susceptibility=None, finisher: Executor | None = None) -> dict | Future:
     """Predict every pass of ``region`` (resuming from its manifest), then write its outputs.
 
     ``susceptibility`` (a ``rts.susceptibility.SusceptibilityLayer`` or None) skips fully masked
     passes and filters every output (docs/susceptibility.md).
 
+    ``finisher``: an executor that writes the outputs (COGs, polygons, object scores, ``done.json``)
+    after the passes, so that the caller can start the next region's passes meanwhile. The passes
+    still run here; a ``Future`` of the entry is returned instead of the entry. The finishing job
+    reads only the region's own files (the accumulators, labels) and its own handle on the
+    susceptibility layer, so it shares nothing with the next region's passes.
+
     Returns:
-        The region's entry of the run log (counts, outputs, object scores when labels are set).
+        The region's entry of the run log (counts, outputs, object scores when labels are set), or
+        its ``Future`` when ``finisher`` is given.
     """
     out_dir = Path(out_dir)
     errors = [] if errors is None else errors
@@ -383,11 +395,18 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
     done_file = work / "done.json"
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
                              "tiles_total": len(region.tiles)}
+    def now(value: dict) -> dict | Future:
+        if finisher is None:
+            return value
+        fut: Future = Future()
+        fut.set_result(value)
+        return fut
+
     if done_file.exists():
         done = json.loads(done_file.read_text())
         if done["settings"] == settings and done["threshold"] == threshold and all(Path(p).exists() for p in done["summary"]["outputs"].values()):
             log.info("%s: already complete, skipped", region.name)
-            return {**done["summary"], "tiles_run": 0, "resumed": True}
+            return now({**done["summary"], "tiles_run": 0, "resumed": True})
         if not (work / "prob.f32").exists():
             raise ValueError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
                              f"use a new output folder (or --keep-work to re-threshold later)")
@@ -413,18 +432,45 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
             entry["tiles_skipped_susceptibility"] = statuses.count(TILE_SUSCEPTIBILITY)
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
-            return entry
+            state.close(delete=False)
+            return now(entry)
+        entry["timing"] = {"passes_s": round(time.perf_counter() - t0, 3)}
+    except BaseException:
+        state.close(delete=False)
+        raise
+    if finisher is None:
+        return _finish_region(predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
+                              blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou,
+                              susceptibility=susceptibility)
+    own_layer = pickle.loads(pickle.dumps(susceptibility)) if susceptibility is not None else None  # its own file handle
+
+    def finish() -> dict:
+        try:
+            return _finish_region(predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
+                                  blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou,
+                                  susceptibility=own_layer)
+        finally:
+            if own_layer is not None:
+                own_layer.close()
+
+    return finisher.submit(finish)
+
+
+def _finish_region(predictor: Predictor, region: Region, state: RegionState, out_dir: Path, entry: dict, *, settings: dict,
+                   threshold: float, blocksize: int, keep_work: bool, min_object_px: int, iou: float, susceptibility) -> dict:
+    """Write a region's outputs once all its passes are done; record ``done.json``; drop the accumulators."""
+    try:
         t1 = time.perf_counter()
         entry.update(write_outputs(region, state, out_dir, threshold=threshold, scales=predictor.scales,
                                    tile_size=predictor.tile_size, blocksize=blocksize, susceptibility=susceptibility))
         if susceptibility is not None:
             entry["susceptibility"].update(tiles=entry["tiles_processed"], tiles_skipped=entry["tiles_skipped_susceptibility"])
-        entry["timing"] = {"passes_s": round(t1 - t0, 3), "finalize_s": round(time.perf_counter() - t1, 3)}
+        entry["timing"]["finalize_s"] = round(time.perf_counter() - t1, 3)
         if region.labels:
             entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou,
                                              susceptibility=susceptibility)
         entry["complete"] = True
-        write_json_atomic(done_file, {"settings": settings, "threshold": threshold, "summary": entry})
+        write_json_atomic(state.work / "done.json", {"settings": settings, "threshold": threshold, "summary": entry})
     finally:
         state.close(delete=entry.get("complete", False) and not keep_work)
     return entry
@@ -482,13 +528,18 @@ def _check_extra(predictor: Predictor, extra, scene) -> None:
 def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes: list[str] = (), extras: list[str] = (),
                 labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
                 tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
-                susceptibility: str | None = None, min_likelihood: float = 0.5, **kwargs: Any) -> dict:
+                susceptibility: str | None = None, min_likelihood: float = 0.5, finalize_workers: int = 1, **kwargs: Any) -> dict:
     """Everything ``rts predict`` does: load the package, predict each input, write the run log.
 
     A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
     ``susceptibility``: path of an RTS likelihood raster; passes where it is below ``min_likelihood``
     are skipped and objects there dropped (docs/susceptibility.md).
+    ``finalize_workers``: threads writing finished regions' outputs while the next region's passes
+    run (0: write each region before starting the next). At most this many regions wait for their
+    writes at a time (their accumulators stay on disk until then). Outputs are identical either way.
     """
+    if finalize_workers < 0:
+        raise ValueError(f"--finalize-workers must be >= 0, got {finalize_workers}")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if bool(tiles) != bool(mosaic):
@@ -510,19 +561,41 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     jobs = [("scene", s, extras[i] if extras else None, labels[i] if labels else None) for i, s in enumerate(scenes)]
     if tiles:
         jobs.append(("tiles", tiles, extras[0] if extras else None, None))
-    for kind, src, extra, lab in jobs:
+
+    def failed(src: str, e: Exception) -> None:
+        if isinstance(e, ValueError) and "different settings" in str(e):
+            raise e
+        log.error("%s: %s: %s", src, type(e).__name__, e)
+        errors.append({"region": Path(src).stem, "file": str(src), "error": f"{type(e).__name__}: {e}"})
+
+    def collect(src: str, result: dict | Future) -> None:
         try:
-            if kind == "scene":
-                regions.append(predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors,
-                                             susceptibility=layer, **kwargs))
-            else:
-                regions.append(predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors,
-                                             susceptibility=layer, **kwargs))
-        except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
-            if isinstance(e, ValueError) and "different settings" in str(e):
-                raise
-            log.error("%s: %s: %s", src, type(e).__name__, e)
-            errors.append({"region": Path(src).stem, "file": str(src), "error": f"{type(e).__name__}: {e}"})
+            regions.append(result.result() if isinstance(result, Future) else result)
+        except Exception as e:  # noqa: BLE001 - a failed write is named in the log like a failed read
+            failed(src, e)
+
+    finisher = ThreadPoolExecutor(finalize_workers, thread_name_prefix="rts-finalize") if finalize_workers else None
+    pending: deque[tuple[str, Future]] = deque()
+    try:
+        for kind, src, extra, lab in jobs:
+            try:
+                if kind == "scene":
+                    result = predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors,
+                                           susceptibility=layer, finisher=finisher, **kwargs)
+                else:
+                    result = predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors,
+                                           susceptibility=layer, finisher=finisher, **kwargs)
+            except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
+                failed(src, e)
+                continue
+            pending.append((src, result))
+            while len(pending) > finalize_workers:  # bounded: the oldest region's writes finish first
+                collect(*pending.popleft())
+        while pending:
+            collect(*pending.popleft())
+    finally:
+        if finisher is not None:
+            finisher.shutdown(wait=True)  # an interrupted run still lets started writes complete (atomic renames)
     keys = ("tiles_processed", "tiles_skipped_nodata", "tiles_error", "tiles_with_detections", "rts_count", "total_rts_area_m2")
     run_log = {
         "model": {"path": str(model), "checkpoint_sha256": file_sha256(model_file), **predictor.meta},
@@ -531,7 +604,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         "threshold": thr, "threshold_source": thr_source, "tile_size": predictor.tile_size,
         "stride": kwargs.get("stride") or predictor.tile_size // 2, "device": str(predictor.device),
         "device_name": torch.cuda.get_device_name(predictor.device) if predictor.device.type == "cuda" else "cpu",
-        "amp": amp, "options": {k: v for k, v in kwargs.items() if k != "stride"},
+        "amp": amp, "options": {**{k: v for k, v in kwargs.items() if k != "stride"}, "finalize_workers": finalize_workers},
         **{k: sum(r.get(k, 0) for r in regions) for k in keys},
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
     }
@@ -569,6 +642,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader reader processes (default: min(4, CPU count); 0: read in the main process)")
     parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
+    parser.add_argument("--finalize-workers", type=int, default=1,
+                        help="threads writing a finished scene's COGs and polygons while the next scene's passes run "
+                             "(default 1; 0: write before starting the next)")
     parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
     parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
     parser.add_argument("--iou", type=float, default=0.3, help="IoU of a match for the --labels metric")
@@ -582,7 +658,7 @@ def run(args: argparse.Namespace) -> int:
         scales=args.scales, tta=args.tta, threshold=args.threshold, ratio=args.ratio, device=args.device, amp=args.amp,
         stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
         keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
-        susceptibility=args.susceptibility, min_likelihood=args.min_likelihood,
+        susceptibility=args.susceptibility, min_likelihood=args.min_likelihood, finalize_workers=args.finalize_workers,
     )
     log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
              run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),
