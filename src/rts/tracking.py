@@ -106,6 +106,11 @@ class Tracker:
                     run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None)
                     break
                 except Exception as e:  # noqa: BLE001 - retried, then re-raised
+                    if run_id and getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                        raise ValueError(
+                            f"MLflow run {run_id} (the training run this step logs to) is not in the store {uri}; "
+                            "point MLFLOW_TRACKING_URI (or params tracking.mlflow_tracking_uri) at the store the model "
+                            "was trained with, or set tracking.mlflow: false") from e
                     if "locked" not in str(e) or attempt == 4:
                         raise
                     time.sleep(1 + attempt)
