@@ -340,3 +340,13 @@ def test_failed_background_write_is_logged_and_the_run_goes_on(tmp_path, monkeyp
     assert [e["file"] for e in run_log["errors"]] == [scenes[0]] and "No space left" in run_log["errors"][0]["error"]
     assert [r["name"] for r in run_log["regions"]] == ["b"] and (tmp_path / "out" / "b.prob.tif").exists()
     assert (tmp_path / "out" / ".work" / "a" / "prob.f32").exists()  # a's passes are kept: a re-run only writes
+
+
+def test_inputs_with_the_same_name_are_refused_before_any_work(tmp_path):
+    """Outputs and accumulators are named after the file stem: two inputs with one stem would
+    overwrite each other (and, with the background writer, share accumulators)."""
+    rgb = np.full((3, H, W), 10, np.uint8)
+    first, second = write_scene(tmp_path / "x" / "scene.tif", rgb), write_scene(tmp_path / "y" / "scene.tif", rgb)
+    with pytest.raises(ValueError, match=r"share the name 'scene'"):
+        run_predict(tmp_path / "no-package-needed", tmp_path / "out", scenes=[str(first), str(second)], threshold=0.5)
+    assert not (tmp_path / "out").exists()

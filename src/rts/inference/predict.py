@@ -550,6 +550,12 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         raise ValueError(f"--extra: {len(extras)} file(s) for {len(scenes) if scenes else 1} input(s); give one per scene, in order")
     if labels and len(labels) != len(scenes):
         raise ValueError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
+    named: dict[str, str] = {}
+    for src in [*scenes, *([tiles] if tiles else [])]:  # outputs and work folders are named after the file stem
+        if Path(src).stem in named:
+            raise ValueError(f"{src} and {named[Path(src).stem]} share the name {Path(src).stem!r}, and outputs are named after "
+                             "it; rename one or predict them into separate output folders")
+        named[Path(src).stem] = str(src)
     from rts.susceptibility import open_layer
 
     layer = open_layer(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
