@@ -21,6 +21,7 @@ The run log (``OUT/run_log.json``) is written at the end of every run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ from rts.io import file_sha256, write_json_atomic
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
+DONE_FILE = "done.json"  # in a region's work folder: its settings, threshold and run-log entry once outputs are written
 RUN_LOG = "run_log.json"
 KILL_ENV = "RTS_PREDICT_KILL_AFTER_TILES"  # test hook: SIGKILL itself after this many passes (before their manifest line)
 
@@ -374,13 +376,14 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
 
     ``finisher``: an executor that writes the outputs (COGs, polygons, object scores, ``done.json``)
     after the passes, so that the caller can start the next region's passes meanwhile. The passes
-    still run here; a ``Future`` of the entry is returned instead of the entry. The finishing job
+    still run here, and a ``Future`` of the entry is returned. The finishing job
     reads only the region's own files (the accumulators, labels) and its own handle on the
     susceptibility layer, so it shares nothing with the next region's passes.
 
     Returns:
         The region's entry of the run log (counts, outputs, object scores when labels are set), or
-        its ``Future`` when ``finisher`` is given.
+        its ``Future`` when ``finisher`` writes the outputs (a region already complete, or with
+        unreadable passes, has nothing to write: its entry is returned as is).
     """
     out_dir = Path(out_dir)
     errors = [] if errors is None else errors
@@ -392,21 +395,14 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                 "tiles": len(region.tiles)}
     if susceptibility is not None:
         settings["susceptibility"] = susceptibility.describe()
-    done_file = work / "done.json"
+    done_file = work / DONE_FILE
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
                              "tiles_total": len(region.tiles)}
-    def now(value: dict) -> dict | Future:
-        if finisher is None:
-            return value
-        fut: Future = Future()
-        fut.set_result(value)
-        return fut
-
     if done_file.exists():
         done = json.loads(done_file.read_text())
         if done["settings"] == settings and done["threshold"] == threshold and all(Path(p).exists() for p in done["summary"]["outputs"].values()):
             log.info("%s: already complete, skipped", region.name)
-            return now({**done["summary"], "tiles_run": 0, "resumed": True})
+            return {**done["summary"], "tiles_run": 0, "resumed": True}
         if not (work / "prob.f32").exists():
             raise ValueError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
                              f"use a new output folder (or --keep-work to re-threshold later)")
@@ -433,27 +429,25 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
             state.close(delete=False)
-            return now(entry)
+            return entry
         entry["timing"] = {"passes_s": round(time.perf_counter() - t0, 3)}
     except BaseException:
         state.close(delete=False)
         raise
+    finish = functools.partial(_finish_region, predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
+                               blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou)
     if finisher is None:
-        return _finish_region(predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
-                              blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou,
-                              susceptibility=susceptibility)
+        return finish(susceptibility=susceptibility)
     own_layer = pickle.loads(pickle.dumps(susceptibility)) if susceptibility is not None else None  # its own file handle
 
-    def finish() -> dict:
+    def finish_with_own_layer() -> dict:
         try:
-            return _finish_region(predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
-                                  blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou,
-                                  susceptibility=own_layer)
+            return finish(susceptibility=own_layer)
         finally:
             if own_layer is not None:
                 own_layer.close()
 
-    return finisher.submit(finish)
+    return finisher.submit(finish_with_own_layer)
 
 
 def _finish_region(predictor: Predictor, region: Region, state: RegionState, out_dir: Path, entry: dict, *, settings: dict,
@@ -470,7 +464,7 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
             entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou,
                                              susceptibility=susceptibility)
         entry["complete"] = True
-        write_json_atomic(state.work / "done.json", {"settings": settings, "threshold": threshold, "summary": entry})
+        write_json_atomic(state.work / DONE_FILE, {"settings": settings, "threshold": threshold, "summary": entry})
     finally:
         state.close(delete=entry.get("complete", False) and not keep_work)
     return entry
@@ -552,10 +546,11 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         raise ValueError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
     named: dict[str, str] = {}
     for src in [*scenes, *([tiles] if tiles else [])]:  # outputs and work folders are named after the file stem
-        if Path(src).stem in named:
-            raise ValueError(f"{src} and {named[Path(src).stem]} share the name {Path(src).stem!r}, and outputs are named after "
-                             "it; rename one or predict them into separate output folders")
-        named[Path(src).stem] = str(src)
+        stem = Path(src).stem
+        if stem in named:
+            raise ValueError(f"{src} and {named[stem]} share the name {stem!r}, and outputs are named after it; "
+                             "rename one or predict them into separate output folders")
+        named[stem] = str(src)
     from rts.susceptibility import open_layer
 
     layer = open_layer(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
@@ -581,7 +576,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
             failed(src, e)
 
     finisher = ThreadPoolExecutor(finalize_workers, thread_name_prefix="rts-finalize") if finalize_workers else None
-    pending: deque[tuple[str, Future]] = deque()
+    pending: deque[tuple[str, dict | Future]] = deque()
     try:
         for kind, src, extra, lab in jobs:
             try:
