@@ -162,3 +162,52 @@ def test_checkpoint_write_failure_names_the_file_and_keeps_the_previous_one(tmp_
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert load(ckpts.last_path)["epoch"] == 1
+
+
+def _val_batches(tiles: list[dict], batch_size: int) -> list[dict]:
+    out = []
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i : i + batch_size]
+        out.append({k: torch.stack([torch.as_tensor(t[k]) for t in chunk]) for k in chunk[0]})
+    return out
+
+
+def test_one_validation_pass_serves_the_balanced_subset_exactly():
+    """val-balanced read from the val-realistic pass gives what a pass of its own gives."""
+    from rts.metrics import EvalAccumulator
+    from rts.training.loop import validate
+
+    gen = torch.Generator().manual_seed(0)
+    tiles = []
+    for i in range(10):
+        label = torch.zeros(32, 32, dtype=torch.uint8)
+        if i % 3 == 0:
+            label[4:20, 6:22] = 1
+        image = torch.randn(3, 32, 32, generator=gen) + 2.0 * label
+        tiles.append({"image": image, "target": label[None].float(), "valid": torch.ones(1, 32, 32), "label": label,
+                      "positive": bool(label.any()), "index": i})
+    balanced = [i for i in range(10) if i % 3 == 0 or i in (1, 5)]
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    torch.nn.init.constant_(model.weight, 0.1)
+    torch.nn.init.constant_(model.bias, -0.5)
+    loss_fn = lambda logits, target, valid: (((torch.sigmoid(logits) - target) ** 2) * valid).sum() / valid.sum()  # noqa: E731
+    regions = ["r"] * 10
+
+    def acc():
+        return EvalAccumulator(n_bins=1000, operating_threshold=0.5, object_thresholds=[0.5], iou_thresholds=[0.3], min_object_px=4)
+
+    shared = {"val_balanced": (acc(), [i in balanced for i in range(10)]), "val_realistic": (acc(), [True] * 10)}
+    losses = validate(model, _val_batches(tiles, 4), loss_fn=loss_fn, device=torch.device("cpu"), amp=(False, None, False),
+                      accumulators=shared, regions=regions)
+    alone = {"val_balanced": (acc(), [True] * 10)}
+    alone_losses = validate(model, _val_batches([tiles[i] for i in balanced], 3), loss_fn=loss_fn, device=torch.device("cpu"),
+                            amp=(False, None, False), accumulators=alone, regions=regions)
+
+    assert losses["val_balanced"][1] == len(balanced) and losses["val_realistic"][1] == 10
+    assert losses["val_balanced"][0] == pytest.approx(alone_losses["val_balanced"][0], rel=1e-6)
+    kw = dict(ratios=[], recall_targets=(), primary_iou=0.3)
+    got = shared["val_balanced"][0].result(**kw)["unweighted"]
+    want = alone["val_balanced"][0].result(**kw)["unweighted"]
+    assert got == want
+    assert got["iou_rts"] > 0  # the fixture is not degenerate: the model finds the squares
+    assert shared["val_realistic"][0].result(**kw)["unweighted"] != got  # and the subsets differ

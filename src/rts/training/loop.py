@@ -78,24 +78,38 @@ def make_loader(dataset, *, batch_sampler=None, indices=None, batch_size=1, trai
 
 
 @torch.no_grad()
-def validate(model, loader, *, loss_fn, device, amp, accumulator, regions: list[str]) -> tuple[float, float]:
-    """Forward one split's shard; feeds the metric accumulator; returns (loss sum, batch count)."""
+def validate(model, loader, *, loss_fn, device, amp, accumulators: dict, regions: list[str]) -> dict[str, tuple[float, float]]:
+    """Forward one split's shard once and feed every accumulator whose tiles are in it.
+
+    ``accumulators`` maps a name to ``(EvalAccumulator, member)``, where ``member[i]`` says whether
+    tile ``i`` of the loader's dataset belongs to that set (val-balanced is a subset of
+    val-realistic, so one pass serves both). Returns, per name, (loss sum, tile count): the loss is
+    the batch mean over the set's tiles of each batch, weighted by their number.
+    """
     from rts.models import model_outputs_loss
 
     model.eval()
-    loss_sum = torch.zeros(2, dtype=torch.float64)
+    sums = {name: [0.0, 0.0] for name in accumulators}
     for batch in loader:
         image = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
             logits = model(image)
         logits = logits.float()
-        loss = model_outputs_loss(loss_fn, logits, batch["target"].to(device), batch["valid"].to(device), 0.0)
-        loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        target, valid = batch["target"].to(device), batch["valid"].to(device)
         probs = torch.sigmoid(logits)[:, 0].cpu().numpy()
         labels = batch["label"].numpy()
-        for p, lab, pos, idx in zip(probs, labels, batch["positive"].tolist(), batch["index"].tolist()):
-            accumulator.update(p, lab, positive_tile=bool(pos), region=regions[idx])
-    return float(loss_sum[0]), float(loss_sum[1])
+        index = batch["index"].tolist()
+        for name, (acc, member) in accumulators.items():
+            rows = [j for j, idx in enumerate(index) if member[idx]]
+            if not rows:
+                continue
+            sel = torch.as_tensor(rows, device=logits.device)
+            loss = model_outputs_loss(loss_fn, logits[sel], target[sel], valid[sel], 0.0)
+            sums[name][0] += float(loss) * len(rows)
+            sums[name][1] += len(rows)
+            for j in rows:
+                acc.update(probs[j], labels[j], positive_tile=bool(batch["positive"][j]), region=regions[index[j]])
+    return {name: (s[0], s[1]) for name, s in sums.items()}
 
 
 def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, metrics_path: Path, live_dir: str | None = "dvclive/train") -> dict:
@@ -147,12 +161,19 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         sampler_kwargs["pos_fraction"] = params.sampler.pos_fraction_per_batch
     sampler = sampler_cls(train_ds.positive_indices, train_ds.negative_indices, **sampler_kwargs)
     train_loader = make_loader(train_ds, batch_sampler=sampler, train_cfg=tc, device=device)
-    val_sets = {}
-    for name in ("val_balanced", "val_realistic"):
-        ds = TileDataset(store, manifests[name].tiles, normalizer, boundary_ignore_width=0)
-        shard = list(range(len(ds)))[dist.rank :: dist.world_size]  # disjoint, no padding duplicates
-        val_sets[name] = (make_loader(ds, indices=shard, batch_size=params.evaluate.batch_size, train_cfg=tc, device=device),
-                          [t.region for t in manifests[name].tiles])
+    # One pass over val-realistic serves val-balanced too: it is a subset (rts.data.splits).
+    val_tiles = manifests["val_realistic"].tiles
+    balanced_ids = {t.tile_id for t in manifests["val_balanced"].tiles}
+    missing = balanced_ids - {t.tile_id for t in val_tiles}
+    if missing:
+        raise ValueError(f"{prepared / 'splits'}: val_balanced tiles missing from val_realistic: {sorted(missing)[:5]}")
+    val_ds = TileDataset(store, val_tiles, normalizer, boundary_ignore_width=0)
+    shard = list(range(len(val_ds)))[dist.rank :: dist.world_size]  # disjoint, no padding duplicates
+    val_sets = {
+        "loader": make_loader(val_ds, indices=shard, batch_size=params.evaluate.batch_size, train_cfg=tc, device=device),
+        "regions": [t.region for t in val_tiles],
+        "members": {"val_balanced": [t.tile_id in balanced_ids for t in val_tiles], "val_realistic": [True] * len(val_tiles)},
+    }
 
     # ---------------------------------------------------------------- model, loss, optimiser
     model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels),
@@ -363,18 +384,22 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
 
 
 def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params, EvalAccumulator) -> dict:
-    """Loss, pixel IoU and PR-AUC on val-balanced and val-realistic, counts reduced across ranks."""
+    """Loss, pixel IoU and PR-AUC on val-balanced and val-realistic (one forward pass), counts
+    reduced across ranks."""
     ev = params.evaluate
+    accs = {
+        name: (EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
+                               iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
+                               merge_distance_px=ev.merge_distance_px, objects=name == "val_realistic"), member)
+        for name, member in val_sets["members"].items()
+    }
+    losses = validate(model, val_sets["loader"], loss_fn=loss_fn, device=device, amp=amp, accumulators=accs,
+                      regions=val_sets["regions"])
     out = {}
-    for name, (loader, regions) in val_sets.items():
-        acc = EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
-                              iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
-                              merge_distance_px=ev.merge_distance_px, objects=name == "val_realistic")
-        loss_sum, n = validate(model, loader, loss_fn=loss_fn, device=device, amp=amp, accumulator=acc, regions=regions)
-        totals = D.all_reduce_sum(torch.tensor([loss_sum, n], dtype=torch.float64))
+    for name, (acc, _) in accs.items():
+        totals = D.all_reduce_sum(torch.tensor(losses[name], dtype=torch.float64))
         acc.all_reduce()
-        prefix = name
-        out[f"{prefix}_loss"] = float(totals[0] / max(totals[1], 1))
+        out[f"{name}_loss"] = float(totals[0] / max(totals[1], 1))
         if name == "val_balanced":
             res = acc.result(ratios=[], recall_targets=(), primary_iou=ev.primary_iou)["unweighted"]
             out["val_balanced_iou"] = res["iou_rts"]
