@@ -19,7 +19,7 @@ from rts.data.dataset import TileDataset  # noqa: E402
 from rts.data.normalization import Normalizer, compute_stats  # noqa: E402
 from rts.data.sampler import BalancedBatchSampler, RandomBatchSampler, curriculum_ratio  # noqa: E402
 from rts.data.splits import negative_weight, resolve_splits  # noqa: E402
-from rts.data.store import TileStore  # noqa: E402
+from rts.data.store import TileStore, prefetch  # noqa: E402
 from rts.io import EXTRA_CHANNELS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +112,41 @@ def test_reservoir_is_bounded_and_close(dataset_root):
     assert stats["percentile_sample"]["pixels"] == 1000 and not stats["percentile_sample"]["exact"]
     assert stats["rgb"]["clip_high"][0] == pytest.approx(200, abs=15)
 
+
+
+def test_stats_do_not_depend_on_the_loader_threads(dataset_root, tmp_path):
+    store = TileStore(dataset_root, tmp_path / "cache")  # the first pass also fills the cache, from threads
+    ids = [f"alpha_{i:03d}" for i in range(10)]
+    kw = dict(tile_loader=lambda t: (store.load(t).rgb, store.load(t).extra), clip_percentiles=(1.0, 99.0),
+              sample_px_per_tile=200, reservoir_capacity=1000, dataset_version="2.0")
+    one, four = compute_stats(ids, **kw), compute_stats(ids, workers=4, **kw)
+    assert {k: v for k, v in one.items() if k != "computed_date"} == {k: v for k, v in four.items() if k != "computed_date"}
+
+
+def test_prefetch_keeps_order_bounds_the_backlog_and_raises_at_the_item():
+    import threading
+    import time
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        time.sleep(0.001 * (7 - i % 7))  # later items finish first
+        if i == 15:
+            raise ValueError(f"item {i} is bad")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="item 15 is bad"):
+        for j, value in enumerate(prefetch(work, range(40), workers=3, depth=4)):
+            got.append(value)
+            time.sleep(0.01)  # a slow consumer: the producers must wait for it
+            with lock:
+                assert len(started) <= j + 1 + 4  # never more than depth results ahead
+    assert got == [i * i for i in range(15)]
+    assert list(prefetch(lambda i: -i, range(5), workers=1)) == [0, -1, -2, -3, -4]
 
 # ------------------------------------------------------------------ sampler
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rts.data.store import prefetch
 from rts.io import EXTRA_CHANNELS, write_json_atomic
 
 RGB_NAMES = ("R", "G", "B")
@@ -93,11 +94,13 @@ def compute_stats(
     seed: int = 0,
     dataset_version: str,
     tile_loader=None,
+    workers: int = 1,
 ) -> dict:
     """Statistics over ``tiles``: an iterable of (rgb (3,H,W) uint8, extra (4,H,W) float32).
 
     The iterable is traversed twice (percentile sample, then moments), so pass a re-iterable
-    (e.g. a list of ids with ``tile_loader``) rather than a generator.
+    (e.g. a list of ids with ``tile_loader``) rather than a generator. ``workers`` threads load
+    tiles ahead; the statistics are consumed in order, so they do not depend on it.
     """
     tiles = list(tiles) if tile_loader is None else tiles
     n_channels = 3 + len(EXTRA_CHANNELS)
@@ -109,15 +112,14 @@ def compute_stats(
 
     reservoir = PixelReservoir(n_channels, reservoir_capacity, seed)
     n_tiles = 0
-    for item in tiles:
-        reservoir.add(stacked(item), sample_px_per_tile)
+    for values in prefetch(stacked, tiles, workers=workers):
+        reservoir.add(values, sample_px_per_tile)
         n_tiles += 1
     if n_tiles == 0:
         raise ValueError("no training tiles: cannot compute normalisation statistics")
     low, high = reservoir.percentiles(*clip_percentiles)
     moments = RunningMoments(n_channels)
-    for item in tiles:
-        values = stacked(item)
+    for values in prefetch(stacked, tiles, workers=workers):
         moments.update(np.clip(values, low[:, None], high[:, None]))
     std = np.maximum(moments.std, 1e-6)  # a constant channel must not divide by zero
     return {

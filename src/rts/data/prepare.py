@@ -14,7 +14,7 @@ import numpy as np
 from rts.config import DataConfig, PrepareConfig
 from rts.data.normalization import compute_stats, save_stats
 from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
-from rts.data.store import TileStore
+from rts.data.store import TileStore, io_workers, prefetch
 from rts.io import IGNORE, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,15 @@ class DataCheckError(RuntimeError):
 def run_checks(root: Path) -> None:
     from rts.data.checks import check_dataset, format_report
 
-    problems = check_dataset(root)
+    problems = check_dataset(root, workers=io_workers())
     if problems:
         raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")
+
+
+def _label_counts(store: TileStore, tile_id: str) -> tuple[int, int]:
+    """(RTS pixels, non-ignored pixels) of one tile."""
+    label = store.load(tile_id).label
+    return int((label == 1).sum()), int((label != IGNORE).sum())
 
 
 def split_summary(store: TileStore, manifests: dict[str, Manifest]) -> dict:
@@ -37,10 +43,9 @@ def split_summary(store: TileStore, manifests: dict[str, Manifest]) -> dict:
     summary = {}
     for name, manifest in manifests.items():
         rts = valid = 0
-        for rec in manifest.tiles:
-            label = store.load(rec.tile_id).label
-            rts += int((label == 1).sum())
-            valid += int((label != IGNORE).sum())
+        for tile_rts, tile_valid in prefetch(lambda rec: _label_counts(store, rec.tile_id), manifest.tiles, workers=io_workers()):
+            rts += tile_rts
+            valid += tile_valid
         summary[name] = {
             "n_tiles": len(manifest.tiles),
             "n_pos": manifest.n_pos,
@@ -79,6 +84,7 @@ def prepare(
         sample_px_per_tile=cfg.percentile_sample_px,
         seed=seed,
         dataset_version=version,
+        workers=io_workers(),
     )
     summary = split_summary(store, manifests)
     train = summary["train"]

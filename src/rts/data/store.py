@@ -11,14 +11,50 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from rts.io import atomic_path, read_raster, tile_paths
 
 DEFAULT_CACHE_DIR = Path(".cache") / "tiles"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def io_workers() -> int:
+    """Threads for reading tiles: GDAL decoding and numpy copies release the GIL."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], *, workers: int, depth: int | None = None) -> Iterator[R]:
+    """``map(fn, items)`` in order, computed ahead on ``workers`` threads.
+
+    At most ``depth`` (default ``2 * workers``) results wait unconsumed, so memory stays bounded
+    however slow the consumer; an exception in ``fn`` is raised at its item's turn.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    depth = depth or 2 * workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 @dataclass
