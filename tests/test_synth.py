@@ -279,7 +279,7 @@ def test_bad_options_are_rejected(kwargs, message):
 @pytest.mark.parametrize(
     ("preset", "n_pos", "n_neg", "expected"),
     [
-        ("demo", None, None, {"train": (150, 1500), "val": (40, 200), "test": (40, 200)}),
+        ("demo", None, None, {"train": (150, 4500), "val": (40, 200), "test": (40, 200)}),
         (None, 100, 40, {"train": (70, 20), "val": (15, 10), "test": (15, 10)}),
         (None, 3, 3, {"train": (1, 1), "val": (1, 1), "test": (1, 1)}),
     ],
