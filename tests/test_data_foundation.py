@@ -271,6 +271,37 @@ def test_cache_serves_identical_values_and_notices_changes(dataset_root, tmp_pat
     assert len(list((tmp_path / "cache").glob("alpha_000.*"))) == 2
 
 
+def test_checks_fill_the_cache_with_what_decoding_gives_and_skip_bad_tiles(dataset_root, tmp_path):
+    import shutil
+
+    from rts.data.checks import check_dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(dataset_root, root)
+    bad = root / "PLANET-RGB" / "bravo_001.tif"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated: a problem, so no pixels are handed on
+    store = TileStore(root, tmp_path / "cache")
+    seen: list[str] = []
+
+    def on_tile(tile_id, bands):
+        seen.append(tile_id)
+        store.put_decoded(tile_id, bands)
+
+    problems = check_dataset(root, workers=3, on_tile=on_tile)
+    assert [p.path for p in problems] == ["PLANET-RGB/bravo_001.tif"]
+    ids = sorted(p.name[: -len(".tif")] for p in (root / "labels").glob("*.tif"))
+    assert sorted(seen) == [i for i in ids if i != "bravo_001"] and len(seen) == len(ids) - 1
+    assert not list((tmp_path / "cache").glob("bravo_001.*"))
+    plain = TileStore(root)
+    for tile_id in seen:
+        assert len(list((tmp_path / "cache").glob(f"{tile_id}.*"))) == 2  # written by the checks
+        cached, decoded = store.load(tile_id), plain.load(tile_id)
+        for field in ("rgb", "extra", "label"):
+            a, b = getattr(cached, field), getattr(decoded, field)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
 def test_multires_sample_reads_the_neighbourhood_and_keeps_ignore(tmp_path):
     from rts.inference.multiscale import NeighbourWindows
     from rts.io import LABEL_DIR

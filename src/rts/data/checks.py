@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,9 @@ KINDS: dict[str, _Kind] = {
     "label": _Kind(LABEL_DIR, "uint8", 1),
 }
 
+# on_tile(tile_id, {kind: decoded (bands, H, W) array}) for each tile that passed its checks
+TileCallback = Callable[[str, dict[str, np.ndarray]], None]
+
 
 @dataclass(frozen=True, order=True)
 class Problem:
@@ -119,7 +122,7 @@ class _TileResult:
     pixel_sizes: list[tuple[str, tuple[float, float]]] = field(default_factory=list)
 
 
-def check_dataset(root: Path, *, progress: bool = False, workers: int = 1) -> list[Problem]:
+def check_dataset(root: Path, *, progress: bool = False, workers: int = 1, on_tile: TileCallback | None = None) -> list[Problem]:
     """Run every data check on a dataset folder and return all problems found.
 
     Args:
@@ -128,15 +131,18 @@ def check_dataset(root: Path, *, progress: bool = False, workers: int = 1) -> li
         progress: Show a progress bar over tiles.
         workers: Threads reading tiles; GDAL releases the GIL while decoding, so a few threads
             help on a real dataset.
+        on_tile: Called as ``on_tile(tile_id, {"rgb": ..., "extra": ..., "label": ...})`` with the
+            decoded bands of every tile whose three files passed their checks (from the reading
+            thread), so a caller can use the pixels without decoding them again.
 
     Returns:
         The problems, sorted by file then reason; empty when the dataset is valid. Warnings are
         not included (see :func:`run_checks`).
     """
-    return run_checks(root, progress=progress, workers=workers).problems
+    return run_checks(root, progress=progress, workers=workers, on_tile=on_tile).problems
 
 
-def run_checks(root: Path, *, progress: bool = False, workers: int = 1) -> CheckResult:
+def run_checks(root: Path, *, progress: bool = False, workers: int = 1, on_tile: TileCallback | None = None) -> CheckResult:
     """Like :func:`check_dataset`, but also return warnings and the number of tiles seen."""
     root = Path(root)
     if not root.is_dir():
@@ -156,7 +162,7 @@ def run_checks(root: Path, *, progress: bool = False, workers: int = 1) -> Check
 
     tile_ids = sorted(set(rows or ()).union(*files.values()))
     jobs = (
-        (root, tile_id, {kind: tile_id in files[kind] for kind in KINDS}, (rows or {}).get(tile_id))
+        (root, tile_id, {kind: tile_id in files[kind] for kind in KINDS}, (rows or {}).get(tile_id), on_tile)
         for tile_id in tile_ids
     )
     sizes: dict[tuple[float, float], list[str]] = defaultdict(list)
@@ -456,7 +462,7 @@ def _check_pixel_size_consistency(sizes: dict[tuple[float, float], list[str]], p
 # --- one tile -----------------------------------------------------------------------------------
 
 
-def _check_tile_job(job: tuple[Path, str, dict[str, bool], _Row | None]) -> _TileResult:
+def _check_tile_job(job: tuple[Path, str, dict[str, bool], _Row | None, TileCallback | None]) -> _TileResult:
     # One GDAL environment per tile instead of one per open; and no directory listing on open:
     # GDAL otherwise scans the folder (25k files in the real dataset) for sidecar files that
     # this format never has.
@@ -464,9 +470,11 @@ def _check_tile_job(job: tuple[Path, str, dict[str, bool], _Row | None]) -> _Til
         return _check_tile(*job)
 
 
-def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | None) -> _TileResult:
+def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | None,
+                on_tile: TileCallback | None = None) -> _TileResult:
     """Open each of a tile's files once, read its pixels, and check it alone and against the others."""
     out = _TileResult()
+    decoded: dict[str, np.ndarray] = {}
     grids: dict[str, tuple[str, tuple[int, int], Any]] = {}  # kind -> (path, (h, w), transform)
     rts_pixels: int | None = None
     for kind, spec in KINDS.items():
@@ -486,6 +494,7 @@ def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | 
             continue
         _check_header(header, rel, spec, out)
         grids[kind] = (rel, pixels.shape[1:], header.transform)
+        decoded[kind] = pixels
         if kind == "rgb":
             _check_rgb_values(pixels, rel, out)
         elif kind == "extra":
@@ -510,6 +519,8 @@ def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | 
         elif row.train_class == NEGATIVE and rts_pixels > 0:
             reason = f"negative tile ({METADATA_FILE} line {row.line}) has {rts_pixels} RTS pixels (label {RTS})"
             out.problems.append(Problem(label_rel, reason))
+    if on_tile is not None and not out.problems and decoded.keys() == KINDS.keys():
+        on_tile(tile_id, decoded)
     return out
 
 

@@ -24,10 +24,12 @@ class DataCheckError(RuntimeError):
     """The dataset failed ``rts check``; the message is the full report."""
 
 
-def run_checks(root: Path) -> None:
+def run_checks(root: Path, store: TileStore | None = None) -> None:
+    """Fail on any data problem. With ``store``, the tiles the checks decode also fill its cache, so
+    the statistics and summary that follow do not decode them again."""
     from rts.data.checks import check_dataset, format_report
 
-    problems = check_dataset(root, workers=io_workers())
+    problems = check_dataset(root, workers=io_workers(), on_tile=store.put_decoded if store is not None else None)
     if problems:
         raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")
 
@@ -63,12 +65,12 @@ def prepare(
 ) -> dict:
     """Run the checks, write split manifests, statistics and the summary; return the summary."""
     root = Path(data.root)
-    run_checks(root)
+    store = TileStore(root, cache_dir)
+    run_checks(root, store)
     manifests = resolve_splits(root, val_balanced_ratio=cfg.val_balanced_ratio, realistic_ratios=cfg.realistic_ratios, seed=seed)
     for name in SPLIT_NAMES:
         if not manifests[name].tiles:
             raise DataCheckError(f"{root}: split {name} has no tiles; check splits.yaml")
-    store = TileStore(root, cache_dir)
     version = json.loads((root / "version.json").read_text()).get("dataset_version", "unknown")
     train_ids = [t.tile_id for t in manifests["train"].tiles]
 

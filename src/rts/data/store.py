@@ -100,6 +100,14 @@ class TileStore:
         self.write_cache(tile_id, tile)
         return tile
 
+    def put_decoded(self, tile_id: str, bands: dict[str, np.ndarray]) -> None:
+        """Fill the cache from bands already decoded elsewhere (``rts check`` reads every tile):
+        ``{"rgb": (3, H, W), "extra": (4, H, W), "label": (1, H, W)}`` as read from the files.
+        No-op without a cache or when the entry exists."""
+        if self.cache_dir is None or all(p.exists() for p in self._cache_paths(tile_id)):
+            return
+        self.write_cache(tile_id, Tile(bands["rgb"], bands["extra"].astype(np.float32, copy=False), bands["label"][0]))
+
     def write_cache(self, tile_id: str, tile: Tile) -> None:
         rgbl_path, extra_path = self._cache_paths(tile_id)
         with atomic_path(rgbl_path, suffix=".npy") as tmp:

@@ -72,17 +72,34 @@ class NeighbourWindows:
     def __init__(self, store: TileStore, tile_ids: Sequence[str], extra_index: Sequence[int]):
         self.store = store
         self.extra_index = list(extra_index)
-        self.grid: dict[tuple[int, int], str] = {}
-        self.cell_of: dict[str, tuple[int, int]] = {}
-        self.tile_size = None
-        for tid in tile_ids:
-            with rasterio.open(tile_paths(store.root, tid)["rgb"]) as src:
-                t, w = src.transform, src.width
-            size_m = w * t.a
-            cell = (int(round(t.c / size_m)), int(round(t.f / size_m)))
-            self.tile_size = self.tile_size or w
-            self.grid[cell] = tid
-            self.cell_of[tid] = cell
+        self.tile_ids = list(tile_ids)
+        self._grid: dict[tuple[int, int], str] | None = None
+        self._cell_of: dict[str, tuple[int, int]] = {}
+        self._tile_size: int | None = None
+
+    @property
+    def tile_size(self) -> int | None:
+        """Width in px of the dataset's tiles (from the index)."""
+        self.index()
+        return self._tile_size
+
+    def index(self) -> tuple[dict[tuple[int, int], str], dict[str, tuple[int, int]]]:
+        """(cell -> tile id, tile id -> cell) from every tile's transform, read on the first window
+        that needs neighbours: opening each GeoTIFF costs seconds per thousand tiles, which
+        single-scale evaluation never needs. Call it before handing the object to loader workers
+        when most windows need neighbours (multi-resolution training), so they inherit it."""
+        if self._grid is None:
+            grid: dict[tuple[int, int], str] = {}
+            for tid in self.tile_ids:
+                with rasterio.open(tile_paths(self.store.root, tid)["rgb"]) as src:
+                    t, w = src.transform, src.width
+                size_m = w * t.a
+                cell = (int(round(t.c / size_m)), int(round(t.f / size_m)))
+                grid[cell] = tid
+                self._cell_of[tid] = cell
+                self._tile_size = self._tile_size or w
+            self._grid = grid
+        return self._grid, self._cell_of
 
     def _stack(self, tid: str, with_label: bool) -> np.ndarray:
         tile = self.store.load(tid)
@@ -100,10 +117,11 @@ class NeighbourWindows:
             return centre
         margin = (size - T) // 2
         reach = -(-margin // T)  # neighbour tiles needed on each side
-        cx, cy = self.cell_of[tile_id]
+        grid, cell_of = self.index()
+        cx, cy = cell_of[tile_id]
         # cells: x grows east (columns), y grows north, so row offset dr = -dy
         present = {(dr, dc) for dr in range(-reach, reach + 1) for dc in range(-reach, reach + 1)
-                   if (cx + dc, cy - dr) in self.grid}
+                   if (cx + dc, cy - dr) in grid}
         r0 = r1 = c0 = c1 = 0  # grow the rectangle of present cells around the centre
         grown = True
         while grown:
@@ -117,7 +135,7 @@ class NeighbourWindows:
         mosaic = np.empty((centre.shape[0], (r1 - r0 + 1) * T, (c1 - c0 + 1) * T), np.float32)
         for r in range(r0, r1 + 1):
             for c in range(c0, c1 + 1):
-                tid = self.grid[(cx + c, cy - r)]
+                tid = grid[(cx + c, cy - r)]
                 mosaic[:, (r - r0) * T : (r - r0 + 1) * T, (c - c0) * T : (c - c0 + 1) * T] = centre if tid == tile_id else self._stack(tid, with_label)
         # window bounds in mosaic coordinates (the centre tile starts at (-r0*T, -c0*T))
         top, left = -r0 * T - margin, -c0 * T - margin

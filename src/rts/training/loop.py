@@ -143,6 +143,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         from rts.inference.multiscale import NeighbourWindows
 
         windows = NeighbourWindows(store, [r["tile_id"] for r in read_metadata(Path(params.data.root))], normalizer.extra_index)
+        windows.index()  # built once here; loader workers inherit it
     train_ds = TileDataset(
         store, manifests["train"].tiles, normalizer,
         augmenter=Augmenter(params.augment) if params.augment.enabled else None,
