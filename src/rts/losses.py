@@ -162,10 +162,14 @@ class BalancedCELoss(nn.Module):
     def __init__(self, positive_weight: float) -> None:
         super().__init__()
         self.positive_weight = float(positive_weight)
+        # a buffer, so it moves with the loss module and is not copied to the device every step
+        self.register_buffer("_pos_weight", torch.tensor(self.positive_weight), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         logits, target, weight = _prepare(logits, target, valid)
-        pos_weight = torch.tensor(self.positive_weight, device=logits.device)
+        pos_weight = self._pos_weight
+        if pos_weight.device != logits.device:  # a loss built on the CPU and never moved: move it once
+            self._pos_weight = pos_weight = pos_weight.to(logits.device)
         pixel = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
         return _valid_mean(pixel, weight)
 

@@ -29,6 +29,7 @@ import pickle
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,51 @@ def merge_pass(prob_acc: np.ndarray, scale_acc: np.ndarray, region: Region, row:
 # ------------------------------------------------------------------------------ passes
 
 
+def reader_context():
+    """The start method of the pass readers: forkserver, never fork.
+
+    While a scene's passes are read, the previous scene's outputs are written on a background
+    thread (``--finalize-workers``) that is inside GDAL. A worker forked then inherits GDAL's locks
+    held by that thread and can wait on them forever. Forkserver workers start from a clean
+    single-threaded server that has imported the readers once, so each start stays cheap.
+    """
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(["rts.inference.scene"])
+    return multiprocessing.get_context("forkserver")
+
+
 @torch.no_grad()
-def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(probability (B, T, T) float32, scale index (B, T, T)) of raw largest-scale windows."""
+def launch_batch(predictor: Predictor, windows_raw: torch.Tensor) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """Queue the passes of raw largest-scale windows and their copy to the host; returns a function
+    that waits for them and gives (probability (B, T, T) float32, scale index (B, T, T) uint8).
+
+    On a GPU nothing here waits: the copies go to pinned memory behind an event, so the caller can
+    merge and record the previous batch while the device works on this one.
+    """
     big = windows_raw.to(predictor.device, non_blocking=True)
     per_scale = [predictor.logits({s: crop_centre(big, size)}) for s, size in predictor.window_sizes().items()]
     prob, idx = fuse_scales(per_scale)
-    return prob.float().cpu().numpy(), idx.to(torch.uint8).cpu().numpy()
+    prob, idx = prob.float(), idx.to(torch.uint8)
+    if predictor.device.type != "cuda":
+        out = (prob.cpu().numpy(), idx.cpu().numpy())
+        return lambda: out
+    host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (prob, idx)]
+    for h, t in zip(host, (prob, idx)):
+        h.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait() -> tuple[np.ndarray, np.ndarray]:
+        done.synchronize()
+        return host[0].numpy(), host[1].numpy()
+
+    return wait
+
+
+def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(probability (B, T, T) float32, scale index (B, T, T)) of raw largest-scale windows."""
+    return launch_batch(predictor, windows_raw)()
 
 
 def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, batch_size: int, num_workers: int,
@@ -213,32 +252,43 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
         pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if num_workers else None,
+        multiprocessing_context=reader_context() if num_workers else None,
     )
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+
+    def finish(batch: dict, result: Callable[[], tuple[np.ndarray, np.ndarray]] | None) -> None:
+        entries: list[dict] = []
+        tile_max: dict[int, float] = {}
+        if result is not None:
+            prob, idx = result()
+            valid = batch["valid"].numpy()
+            for j, i in enumerate(batch["ok_index"]):
+                t = todo[i]
+                merge_pass(state.prob, state.scale, region, t.row, t.col, prob[j], idx[j], valid[j])
+                v = valid[j].astype(bool)
+                tile_max[i] = float(prob[j][v].max()) if v.any() else 0.0
+        for i, status, msg in zip(batch["index"], batch["status"], batch["message"]):
+            if status == TILE_ERROR:
+                counts["error"] += 1
+                errors.append({"region": region.name, "tile": todo[i].tile_id, "error": msg})
+                log.error("%s", msg)
+                continue  # not recorded as finished: a re-run retries it
+            entries.append({"tile": todo[i].tile_id, "status": status, "max_prob": tile_max.get(i)})
+        counts["run"] += len(batch["index"])
+        if kill_after and counts["run"] >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        state.record(entries)
+        log.debug("%s: %d/%d passes", region.name, len(state.done), len(region.tiles))
+
     try:
+        pending = None  # one batch in flight: its passes run on the device while the previous one is merged
         for batch in loader:
-            entries: list[dict] = []
-            tile_max: dict[int, float] = {}
-            if batch["windows"] is not None:
-                prob, idx = predict_batch(predictor, batch["windows"])
-                valid = batch["valid"].numpy()
-                for j, i in enumerate(batch["ok_index"]):
-                    t = todo[i]
-                    merge_pass(state.prob, state.scale, region, t.row, t.col, prob[j], idx[j], valid[j])
-                    v = valid[j].astype(bool)
-                    tile_max[i] = float(prob[j][v].max()) if v.any() else 0.0
-            for i, status, msg in zip(batch["index"], batch["status"], batch["message"]):
-                if status == TILE_ERROR:
-                    counts["error"] += 1
-                    errors.append({"region": region.name, "tile": todo[i].tile_id, "error": msg})
-                    log.error("%s", msg)
-                    continue  # not recorded as finished: a re-run retries it
-                entries.append({"tile": todo[i].tile_id, "status": status, "max_prob": tile_max.get(i)})
-            counts["run"] += len(batch["index"])
-            if kill_after and counts["run"] >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            state.record(entries)
-            log.debug("%s: %d/%d passes", region.name, len(state.done), len(region.tiles))
+            launched = (batch, launch_batch(predictor, batch["windows"]) if batch["windows"] is not None else None)
+            if pending is not None:
+                finish(*pending)
+            pending = launched
+        if pending is not None:
+            finish(*pending)
     finally:
         dataset.close()
     return counts
@@ -554,7 +604,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     from rts.susceptibility import open_layer
 
     layer = open_layer(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
-    predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp)
+    predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp, benchmark=True)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)
     model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
     errors: list[dict] = []

@@ -37,13 +37,13 @@ def load_package(path: str | Path) -> dict:
 
 
 def build_from_package(package: dict) -> torch.nn.Module:
-    from rts.models import build_model
+    from rts.models.builder import build_model, load_model_state
 
     model_cfg = from_dict(ModelConfig, {**package["model_config"], "encoder_weights": None}, prefix="model")
     data_cfg = from_dict(DataConfig, package["data_config"], prefix="data")
     model = build_model(model_cfg, in_channels=data_cfg.in_channels, n_extra=len(data_cfg.extra_channels),
                         extra_channels=list(data_cfg.extra_channels))
-    model.load_state_dict(package["state_dict"], strict=True)
+    load_model_state(model, package["state_dict"])
     return model.eval()
 
 
@@ -62,6 +62,7 @@ class Predictor:
     scales: tuple[float, ...] = (1.0,)
     amp_dtype: torch.dtype | None = None
     meta: dict = field(default_factory=dict)
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         shape = (1, -1, 1, 1)
@@ -72,7 +73,8 @@ class Predictor:
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         """Clip to the saved bounds and z-score: the same arithmetic as ``Normalizer``, on device."""
-        return (torch.clamp(raw.to(self.device, torch.float32), self._low, self._high) - self._mean) / self._std
+        x = (torch.clamp(raw.to(self.device, torch.float32), self._low, self._high) - self._mean) / self._std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def window_sizes(self) -> dict[float, int]:
         return {s: window_size(self.tile_size, s) for s in self.scales}
@@ -106,8 +108,14 @@ class Predictor:
 
 
 def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta: str | None = None,
-                   scales: tuple[float, ...] | None = None, amp: bool = False) -> Predictor:
+                   scales: tuple[float, ...] | None = None, amp: bool = False, benchmark: bool = False) -> Predictor:
     """Load a model package folder into a ready ``Predictor``.
+
+    On the GPU path the model runs channels_last (the layout tensor cores want) and ``amp`` is
+    bf16 (fp16 without bf16 support); the logit head runs in float32 either way
+    (:func:`rts.models.builder.fp32_heads`), so calibrated thresholds apply unchanged.
+    ``benchmark`` lets cuDNN time its convolution algorithms (``rts predict``; evaluate keeps it off
+    so that its metrics do not depend on the timing).
 
     Raises ValueError when ``normalization_stats.json`` does not match the hash recorded at
     training time (the model would see differently scaled inputs).
@@ -118,11 +126,15 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta:
     stats = load_stats(stats_file, expected_hash=package["normalization_stats_sha256"])
     calibration = json.loads((path / CALIBRATION_FILE).read_text()) if (path / CALIBRATION_FILE).exists() else {}
     device = torch.device(device)
+    from rts.training.step import amp_settings, gpu_path
+
     model = build_from_package(package).to(device)
+    if gpu_path(device):
+        model = model.to(memory_format=torch.channels_last)
+    if benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     data_cfg = package["data_config"]
-    amp_dtype = None
-    if amp and device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = amp_settings(device, True)[1] if amp else None
     ev = package.get("config", {}).get("evaluate", {})
     return Predictor(
         model=model,
@@ -136,5 +148,6 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta:
         scales=tuple(scales or calibration.get("scales", ev.get("scales", [1.0]))),
         amp_dtype=amp_dtype,
         meta={k: package.get(k) for k in ("dataset_version", "git_commit", "normalization_stats_sha256", "mlflow_run_id")},
+        channels_last=gpu_path(device),
     )
 

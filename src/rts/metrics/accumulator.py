@@ -173,22 +173,19 @@ class EvalAccumulator:
     def all_reduce(self) -> None:
         """Sum the counts of every DDP rank into every rank (no-op without torch.distributed).
 
-        Count arrays go through ``all_reduce(SUM)``; the variable-length parts (detections for AP,
-        regions, exact scores) through ``all_gather_object``. Call once, after the last update.
+        Count arrays go through ``all_reduce(SUM)`` on the process group's own device (the GPU under
+        NCCL: :func:`rts.training.distributed.sum_arrays`); the variable-length parts (detections for
+        AP, regions, exact scores) through ``all_gather_object``. Call once, after the last update.
         """
-        import torch
-        import torch.distributed as dist
+        from rts.training import distributed as D
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not D.is_multi_rank():
             return
-        for name in _ARRAYS:
-            t = torch.from_numpy(getattr(self, name).copy())
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            setattr(self, name, t.numpy().copy())
+        for name, a in D.sum_arrays({name: getattr(self, name) for name in _ARRAYS}).items():
+            setattr(self, name, a)
         state = self.state_dict()
         rest = {k: state[k] for k in ("det_score", "det_neg", "det_matched", "regions", "exact_scores")}
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, rest)
+        gathered = D.all_gather_object(rest)
         self.det_score, self.det_neg, self.det_matched = [], [], []
         self.regions, self.exact_scores = {}, []
         for part in gathered:  # rank order, so every rank ends with the same lists

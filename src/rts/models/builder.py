@@ -192,6 +192,7 @@ def check_and_load_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor]
     Raises:
         WeightsError: naming the file, the missing / unexpected / mismatched keys and ``expected``.
     """
+    state = without_dropped_keys(encoder, state)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -252,6 +253,82 @@ def adapt_input_channels(module: nn.Module, in_channels: int, *, keep_rgb: bool)
 # ------------------------------------------------------------------------------ building
 
 
+def drop_unused_modules(net: nn.Module) -> list[str]:
+    """Replace by ``nn.Identity`` the modules an encoder keeps but its forward never uses; returns
+    their names.
+
+    The ImageNet classifiers' last stage survives in some encoders: smp's ``efficientnet-*``
+    (``_conv_head``, ``_bn1``), ``timm-efficientnet-*`` (``conv_head``, ``bn2``) and the timm ViT of
+    ``vit_unet`` (its final ``norm``; the decoder reads intermediate blocks). Their parameters never
+    receive a gradient, and DDP without ``find_unused_parameters`` then fails at the second step
+    after the encoder is unfrozen ("Expected to have finished reduction in the prior iteration").
+    Dropping them keeps one state-dict layout for training and inference; weights files and older
+    packages that still hold them load (:func:`without_dropped_keys`).
+    """
+    from segmentation_models_pytorch.encoders.efficientnet import EfficientNetEncoder as SmpEfficientNet
+    from segmentation_models_pytorch.encoders.timm_efficientnet import EfficientNetBaseEncoder as TimmEfficientNet
+
+    unused = {SmpEfficientNet: ("_conv_head", "_bn1"), TimmEfficientNet: ("conv_head", "bn2")}
+    dropped = []
+    for name, module in list(net.named_modules()):
+        attrs: tuple[str, ...] = next((a for cls, a in unused.items() if isinstance(module, cls)), ())
+        if isinstance(module, (ViTUNet, ViTBranch)):
+            module, name, attrs = module.encoder, f"{name}.encoder" if name else "encoder", ("norm",)
+        for attr in attrs:
+            if not isinstance(getattr(module, attr, None), (type(None), nn.Identity)):
+                setattr(module, attr, nn.Identity())
+                dropped.append(f"{name}.{attr}" if name else attr)
+    return dropped
+
+
+def without_dropped_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` less the keys of modules :func:`drop_unused_modules` replaced in ``model`` (a hub
+    weights file, or a package written before they were dropped, still holds them)."""
+    modules = dict(model.named_modules())
+    own = set(model.state_dict())
+
+    def dropped(key: str) -> bool:
+        parts = key.split(".")
+        return any(isinstance(modules.get(".".join(parts[:i])), nn.Identity) for i in range(1, len(parts)))
+
+    return {k: v for k, v in state.items() if k in own or not dropped(k)}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Strict ``load_state_dict``, except for the keys :func:`without_dropped_keys` leaves out."""
+    model.load_state_dict(without_dropped_keys(model, state), strict=True)
+
+
+class _FP32Forward:
+    """Mixin: run the module in float32 with autocast off (the logits head, see :func:`fp32_heads`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+_FP32_CLASSES: dict[type, type] = {}
+
+
+def fp32_heads(net: nn.Module) -> None:
+    """Make the 1-channel logit heads run in float32 under autocast (in place; state-dict keys unchanged).
+
+    Under bf16 autocast a head convolution would return bf16 logits: 8 bits of mantissa quantise
+    the probabilities that PR-AUC, early stopping and the calibrated thresholds are read from (and
+    ``rts predict --amp`` would apply fp32-calibrated thresholds to them). The decoder still runs
+    in bf16; only the last convolution (a few MFLOPs) runs in float32.
+    """
+    heads = [m for n, m in net.named_modules() if n.split(".")[-1] == "segmentation_head"]
+    heads += [h for n, m in net.named_modules() if n.split(".")[-1] == "aux_heads" for h in m]
+    for head in heads:
+        cls = type(head)
+        if issubclass(cls, _FP32Forward):
+            continue
+        if cls not in _FP32_CLASSES:
+            _FP32_CLASSES[cls] = type(f"FP32{cls.__name__}", (_FP32Forward, cls), {"__module__": __name__})
+        head.__class__ = _FP32_CLASSES[cls]
+
+
 def _build_base(arch: str, encoder: str, in_channels: int, tag: Any, deep_supervision: bool, decoder_channels: Sequence[int] | None = None) -> nn.Module:
     kwargs = _encoder_kwargs(encoder)
     if decoder_channels is not None:  # smp U-Net / UNet++ (ModelConfig checks the arch)
@@ -306,6 +383,7 @@ def build_model(
         net = build_foundation_model(
             encoder, weights=model.encoder_weights, n_extra=n_extra, extra_channels=extra_channels, fusion=model.fusion, overrides=encoder_overrides
         )
+        fp32_heads(net)
         log.info("built %s (foundation encoder %s, weights %s, in_channels %d)", model.arch, encoder, model.encoder_weights, in_channels)
         return net
     file = _weights_file(model.encoder_weights)
@@ -315,6 +393,7 @@ def build_model(
     # Pretrained encoders are built for RGB, loaded, then adapted; random ones are built at the final width.
     base_in = 3 if (pretrained or late) else in_channels
     net = _with_library_weights(lambda: _build_base(model.arch, encoder, base_in, tag, model.deep_supervision, model.decoder_channels), encoder, tag)
+    drop_unused_modules(net)
     if file is not None:
         load_encoder_weights(net.encoder, file)
     if n_extra and not late and pretrained:
@@ -322,6 +401,7 @@ def build_model(
     if late:
         extra_in = 3 if pretrained else n_extra
         extra = _with_library_weights(lambda: _build_extra_encoder(model.arch, encoder, extra_in, tag, net), encoder, tag)
+        drop_unused_modules(extra)
         extra_core = extra.encoder if isinstance(extra, ViTBranch) else extra
         if file is not None:
             load_encoder_weights(extra_core, file)
@@ -332,7 +412,10 @@ def build_model(
         # smp level 0 is the raw input (not a feature); zero-channel levels are placeholders of transformer encoders.
         first = 0 if isinstance(net, ViTUNet) else 1
         levels = [i for i in range(first, len(rgb_ch)) if rgb_ch[i] > 0 and extra_ch[i] > 0]
+        if model.arch == "deeplabv3plus":  # its decoder reads level 2 (high-res skip) and the deepest level only
+            levels = [i for i in levels if i in (2, len(rgb_ch) - 1)]
         net = LateFusionModel(net, extra, n_extra, levels, rgb_ch, extra_ch)
+    fp32_heads(net)
     log.info("built %s (encoder %s, weights %s, in_channels %d, fusion %s)", model.arch, encoder, model.encoder_weights, in_channels, model.fusion if n_extra else "-")
     return net
 

@@ -71,15 +71,25 @@ class ModelEMA:
         decay = self.current_decay()
         src = unwrap_model(model)
         live_params = dict(src.named_parameters())
+        ema_f, live_f, ema_other, live_other = [], [], [], []
         for name, ema_p in self.module.named_parameters():
             p = live_params[name].detach()
             if ema_p.is_floating_point():
-                ema_p.lerp_(p.to(ema_p.dtype), 1.0 - decay)  # ema + (1-d)(p - ema) = d*ema + (1-d)*p
+                ema_f.append(ema_p)
+                live_f.append(p if p.dtype == ema_p.dtype else p.to(ema_p.dtype))
             else:
-                ema_p.copy_(p)
+                ema_other.append(ema_p)
+                live_other.append(p)
+        # One fused kernel per dtype/device group instead of ~1,500 launches for a B7:
+        # ema + (1-d)(p - ema) = d*ema + (1-d)*p
+        if ema_f:
+            torch._foreach_lerp_(ema_f, live_f, 1.0 - decay)
         live_buffers = dict(src.named_buffers())
-        for name, ema_b in self.module.named_buffers():
-            ema_b.copy_(live_buffers[name])
+        ema_b = [b for _, b in self.module.named_buffers()]
+        ema_other += ema_b
+        live_other += [live_buffers[name] for name, _ in self.module.named_buffers()]
+        if ema_other:
+            torch._foreach_copy_(ema_other, live_other)
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:

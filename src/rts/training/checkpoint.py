@@ -89,6 +89,20 @@ class CheckpointManager:
         for p in [self.last_path, self.best_path, *self.numbered()]:
             p.unlink(missing_ok=True)
 
+    def set_aside(self, tag: str) -> Path:
+        """Move this folder's checkpoints into ``set_aside/<tag>/`` (a new ``<tag>-N`` if taken) and
+        return that folder: another configuration's checkpoints are kept, never deleted."""
+        base = self.dir / "set_aside"
+        dest, n = base / tag, 1
+        while dest.exists():
+            n += 1
+            dest = base / f"{tag}-{n}"
+        dest.mkdir(parents=True)
+        for p in [self.last_path, self.best_path, *self.numbered()]:
+            if p.exists():
+                os.replace(p, dest / p.name)
+        return dest
+
     def latest(self) -> Path | None:
         return self.last_path if self.last_path.exists() else None
 

@@ -1,10 +1,25 @@
-"""DDP plumbing as plain functions (one process per GPU via torchrun; gloo on CPU)."""
+"""DDP plumbing as plain functions (one process per GPU via torchrun; gloo on CPU).
+
+Every call into ``torch.distributed`` in this project goes through this module (a test checks the
+sources), and every tensor handed to a collective is on the device the process group serves:
+
+- on CUDA the group is NCCL only, so reductions take tensors on the rank's own GPU
+  (``torch.cuda.set_device(LOCAL_RANK)`` is called before the group is joined, which is also the
+  device the object collectives stage their bytes on);
+- on CPU the group is gloo and the tensors are on the CPU.
+
+:func:`all_reduce_sum` refuses any other tensor with a message naming its device, rather than
+letting NCCL fail deep inside a validation. Object collectives (:func:`broadcast_object`,
+:func:`all_gather_object`) pickle Python objects and are for small, rare messages: a resume
+decision, RNG states at a checkpoint, the variable-length parts of the metric accumulators.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,11 +43,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+# The device type the joined process group serves ("cuda" for NCCL, "cpu" for gloo); None when
+# no group was joined here (a world of one, or a group joined by a test harness).
+_COLLECTIVE_DEVICE: torch.device | None = None
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Read RANK/LOCAL_RANK/WORLD_SIZE set by torchrun and join the process group.
 
     NCCL when CUDA is available, gloo otherwise. A plain ``python -m stages.train`` is a world of 1.
     """
+    global _COLLECTIVE_DEVICE
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,12 +68,40 @@ def init_distributed(device: str = "auto") -> DistInfo:
         backend = "nccl" if use_cuda else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, device_id=dev if use_cuda else None)
+        _COLLECTIVE_DEVICE = dev
     return DistInfo(rank, local_rank, world_size, dev, backend)
 
 
+def is_multi_rank() -> bool:
+    """A process group of more than one rank is joined."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collective_device() -> torch.device:
+    """The device whose tensors the current process group reduces (CPU when none was joined)."""
+    if _COLLECTIVE_DEVICE is not None:
+        return _COLLECTIVE_DEVICE
+    if is_multi_rank() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def check_collective_tensor(t: torch.Tensor) -> None:
+    """Raise when ``t`` is on a device the process group's backend does not serve."""
+    want = collective_device()
+    if t.device.type != want.type or (want.type == "cuda" and t.device.index not in (None, want.index)):
+        backend = dist.get_backend() if is_multi_rank() else ("nccl" if want.type == "cuda" else "gloo")
+        raise RuntimeError(
+            f"collective on a tensor on {t.device}, but the {backend} process group serves {want} only; "
+            f"move it with .to({str(want)!r}) before reducing (rts.training.distributed)"
+        )
+
+
 def cleanup() -> None:
+    global _COLLECTIVE_DEVICE
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _COLLECTIVE_DEVICE = None
 
 
 def barrier() -> None:
@@ -61,13 +110,53 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    """Sum ``t`` over the ranks, in place (``t`` must be on :func:`collective_device`)."""
+    if is_multi_rank():
+        check_collective_tensor(t)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
+def sum_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sum numpy count arrays over the ranks: one reduction per array, staged on the collective
+    device (int64 and float64 are exact under both gloo and NCCL)."""
+    if not is_multi_rank():
+        return arrays
+    dev = collective_device()
+    out = {}
+    for name, a in arrays.items():
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+        all_reduce_sum(t)
+        out[name] = t.cpu().numpy().copy()
+    return out
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a world of one)."""
+    if not is_multi_rank():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_multi_rank():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = True) -> None:
-    """Seed python/numpy/torch with a per-rank offset; deterministic kernels when asked (guide 12.2)."""
+    """Seed python/numpy/torch with a per-rank offset; deterministic kernels when asked (guide 12.2).
+
+    ``deterministic`` is enforced: an operation with no deterministic implementation on the device
+    raises instead of warning (``torch.use_deterministic_algorithms(True)``). On CUDA that rules out
+    the backward of bilinear interpolation; :func:`rts.training.loop.check_deterministic` refuses
+    those architectures up front with the fix.
+    """
     s = seed + rank
     random.seed(s)
     np.random.seed(s % 2**32)
@@ -79,8 +168,10 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = True) -> Non
         torch.backends.cudnn.benchmark = False
         # Required by cuBLAS for deterministic matmuls; must be set before the first CUDA call.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
     else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = True
 
 
@@ -99,16 +190,21 @@ def worker_init_fn(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's RNG states; for CUDA only the local device's generator (``device``)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state`; a CUDA state goes to the local ``device`` only."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and device is not None and device.type == "cuda":
+        if isinstance(cuda, (list, tuple)):  # checkpoints before per-rank states: one state per visible GPU
+            cuda = cuda[device.index or 0]
+        torch.cuda.set_rng_state(cuda, device)

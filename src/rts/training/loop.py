@@ -6,7 +6,6 @@ Run under torchrun (``torchrun --standalone --nproc-per-node=N -m stages.train``
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -21,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
-from rts.config import Params, to_dict
+from rts.config import ConfigError, Params, to_dict
 from rts.data.augment import Augmenter
 from rts.data.dataset import TileDataset, open_store
 from rts.data.normalization import Normalizer, load_stats, stats_hash
@@ -32,6 +31,7 @@ from rts.training import distributed as D
 from rts.training.checkpoint import CheckpointManager, load, save_atomic
 from rts.training.early_stopping import EarlyStopping, overfitting_warnings
 from rts.training.schedule import group_lrs
+from rts.training.step import TrainStats, TrainStep, amp_settings, gpu_path
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,6 @@ def config_fingerprint(params: Params, stats_sha: str) -> str:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     model = model.module if isinstance(model, DDP) else model
     return getattr(model, "_orig_mod", model)
-
-
-def amp_settings(device: torch.device, mixed_precision: bool) -> tuple[bool, torch.dtype | None, bool]:
-    """(autocast enabled, dtype, use GradScaler): bf16 where supported, fp16 + scaler otherwise,
-    fp32 on CPU (CPU autocast is slower than fp32 for these convolutions)."""
-    if not mixed_precision or device.type != "cuda":
-        return False, None, False
-    if torch.cuda.is_bf16_supported():
-        return True, torch.bfloat16, False
-    return True, torch.float16, True
 
 
 def make_loader(dataset, *, batch_sampler=None, indices=None, batch_size=1, train_cfg, device) -> DataLoader:
@@ -86,9 +76,17 @@ def validate(model, loader, *, loss_fn, device, amp, accumulators: dict, regions
     val-realistic, so one pass serves both). Returns, per name, (loss sum, tile count): the loss is
     the batch mean over the set's tiles of each batch, weighted by their number.
     """
+    was_training = model.training
+    model.eval()
+    try:
+        return _validate(model, loader, loss_fn=loss_fn, device=device, amp=amp, accumulators=accumulators, regions=regions)
+    finally:
+        model.train(was_training)  # with ema: false the evaluated model is the one being trained
+
+
+def _validate(model, loader, *, loss_fn, device, amp, accumulators: dict, regions: list[str]) -> dict[str, tuple[float, float]]:
     from rts.models import model_outputs_loss
 
-    model.eval()
     sums = {name: [0.0, 0.0] for name in accumulators}
     for batch in loader:
         image = batch["image"].to(device, non_blocking=True)
@@ -127,6 +125,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     # from them) agree before DDP broadcasts; rank-offset seeds afterwards for data and dropout.
     D.seed_everything(params.seed, 0, tc.deterministic)
     device = dist.device
+    check_deterministic(params, device)
     amp = amp_settings(device, tc.mixed_precision)
 
     # ---------------------------------------------------------------- data
@@ -180,9 +179,12 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     model = build_model(params.model, in_channels=params.data.in_channels, n_extra=len(params.data.extra_channels),
                         extra_channels=list(params.data.extra_channels)).to(device)
     D.seed_everything(params.seed, dist.rank, tc.deterministic)
-    if tc.channels_last and device.type == "cuda":
+    channels_last = tc.channels_last and gpu_path(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if tc.sync_batchnorm and dist.backend == "nccl":
+    # SyncBatchNorm reduces its statistics over the group; it needs a GPU group. On the CPU path it is
+    # converted only in a world of one (test emulation), where it normalises like BatchNorm.
+    if tc.sync_batchnorm and (dist.backend == "nccl" or (gpu_path(device) and not dist.distributed)):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     counts = summary["class_pixel_counts"]
     loss_fn = build_loss(params.loss, focal=params.focal, tversky=params.tversky, balanced_ce=params.balanced_ce,
@@ -203,27 +205,28 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     # ---------------------------------------------------------------- resume
     start_epoch, global_step, history, run_id = 0, 0, [], None
     best_state, best_metrics = None, {}
-    resume_path = ckpts.latest() if tc.resume == "auto" else None
+    resume_path = _resume_decision(ckpts, fingerprint, dist) if tc.resume == "auto" else None
     if resume_path is not None:
         state = load(resume_path)
-        if state.get("config_fingerprint") != fingerprint:
-            if dist.is_main:  # another experiment's checkpoints: never mix them with this run's
-                log.warning("%s was written by a different configuration; removing its checkpoints and starting fresh", resume_path)
-                ckpts.clear()
-            D.barrier()
-        else:
-            unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            sampler.load_state_dict(state["sampler"])
-            stopper.load_state_dict(state["early_stopping"])
-            start_epoch, global_step, history = state["epoch"], state["step"], state["history"]
-            best_state, best_metrics, run_id = state["best_state"], state["best_metrics"], state.get("mlflow_run_id")
-            D.set_rng_state(state["rng"][dist.rank] if isinstance(state["rng"], list) else state["rng"])
-            if dist.is_main:
-                log.info("resumed from %s at epoch %d (step %d)", resume_path, start_epoch, global_step)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        sampler.load_state_dict(state["sampler"])
+        stopper.load_state_dict(state["early_stopping"])
+        start_epoch, global_step, history = state["epoch"], state["step"], state["history"]
+        best_metrics, run_id = state["best_metrics"], state.get("mlflow_run_id")
+        best_state = state["best_state"] if dist.is_main else None  # only rank 0 writes the package
+        rng = state["rng"]
+        if isinstance(rng, list):  # one state per rank (since per-rank saving)
+            if len(rng) != dist.world_size:
+                raise ValueError(f"{resume_path}: holds RNG states of {len(rng)} ranks, this run has {dist.world_size}")
+            rng = rng[dist.rank]
+        D.set_rng_state(rng, device)
+        del state, rng  # a B7 checkpoint is over 1 GB: do not keep it referenced for the whole run
+        if dist.is_main:
+            log.info("resumed from %s at epoch %d (step %d)", resume_path, start_epoch, global_step)
     tracker = Tracker(active=dist.is_main, mlflow_enabled=params.tracking.mlflow, tracking_uri=params.tracking.mlflow_tracking_uri,
                       experiment=params.tracking.mlflow_experiment, run_id=run_id, live_dir=live_dir, resume=start_epoch > 0)
     if dist.is_main:
@@ -243,7 +246,12 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     seen: list[int] = []
 
     def set_frozen(flag: bool) -> torch.nn.Module:
-        """Freeze/unfreeze the encoder; DDP must be rebuilt since it registers trainable params once."""
+        """Freeze/unfreeze the encoder; DDP must be rebuilt since it registers trainable params once.
+
+        Every trainable parameter takes part in every forward (the builder drops the encoders'
+        unused classifier heads), so DDP runs without ``find_unused_parameters`` and its
+        reduction is the same work on every step.
+        """
         for p in enc_params:
             p.requires_grad_(not flag)
         m = model
@@ -252,6 +260,12 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         if dist.distributed:
             m = DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
         return m
+
+    step_fn = TrainStep(model=model, optimizer=optimizer, scaler=scaler, loss_fn=loss_fn, amp=amp, device=device,
+                        grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=ema,
+                        channels_last=channels_last)
+    stats = TrainStats(device)
+    unfrozen_at: dict[str, torch.Tensor] | None = None  # test hook: encoder weights when the freeze ends
 
     # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -265,58 +279,40 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         want_frozen = epoch < oc.freeze_backbone_epochs
         if want_frozen != frozen:
             ddp_model, frozen = set_frozen(want_frozen), want_frozen
+            step_fn.step_model = ddp_model
+            if debug_dir is not None and not want_frozen:
+                unfrozen_at = {n: p.detach().clone() for n, p in unwrap(model).named_parameters() if p.requires_grad}
         sampler.set_epoch(epoch)
         sampler.set_crop_size(progressive_crop(tc.progressive_resizing, epoch, params.data.tile_size))
         steps = len(sampler)
         ddp_model.train()
-        train_loss = torch.zeros(2, dtype=torch.float64)
-        train_counts = torch.zeros(3, dtype=torch.float64)  # TP, FP, FN at 0.5 for the train IoU
+        stats.reset()
         for i, batch in enumerate(train_loader):
             for group in optimizer.param_groups:
                 group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
             image = batch["image"].to(device, non_blocking=True)
-            if tc.channels_last and device.type == "cuda":
-                image = image.contiguous(memory_format=torch.channels_last)
             target, valid = batch["target"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
-                outputs = ddp_model(image)
-            loss = model_outputs_loss(loss_fn, outputs, target, valid, params.model.deep_supervision_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if oc.grad_clip_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
+            outputs, loss = step_fn(image, target, valid)
+            stats.add(outputs, loss, target, valid)
             global_step += 1
             if debug_dir is not None:
                 seen.extend(int(k) for k in batch["index"])
             if kill_at_step == global_step:  # test hook: simulate preemption mid-epoch
                 os.kill(os.getpid(), signal.SIGTERM)
-            with torch.no_grad():
-                main = outputs[0] if isinstance(outputs, tuple) else outputs
-                pred = (main.float() > 0) & (valid > 0)
-                truth = (target > 0.5) & (valid > 0)
-                train_counts += torch.tensor([(pred & truth).sum().item(), (pred & ~truth).sum().item(), (~pred & truth).sum().item()], dtype=torch.float64)
-                train_loss += torch.tensor([float(loss.detach()), 1.0], dtype=torch.float64)
             last_in_epoch = i == steps - 1
             due = (tc.val_unit == "step" and global_step % tc.val_every == 0) or (
                 tc.val_unit == "epoch" and last_in_epoch and (epoch + 1) % tc.val_every == 0)
             if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
                 eval_model = ema.module if ema is not None else model
                 metrics = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[1]["lr"]}
-                tl = D.all_reduce_sum(train_loss.clone())
-                tcnt = D.all_reduce_sum(train_counts.clone())
-                metrics["train_loss"] = float(tl[0] / max(tl[1], 1))
-                metrics["train_iou"] = float(tcnt[0] / max(tcnt.sum(), 1))
+                metrics["train_loss"], metrics["train_iou"] = stats.reduce()
                 metrics.update(run_validation(eval_model, val_sets, loss_fn=loss_fn, device=device, amp=amp, params=params,
                                               EvalAccumulator=EvalAccumulator))
                 history.append(metrics)
                 improved = stopper.step(metrics["val_realistic_pr_auc"])
                 if improved:
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in unwrap(eval_model).state_dict().items()})
+                    if dist.is_main:  # only rank 0 saves; the other ranks would copy a model to the CPU for nothing
+                        best_state = {k: v.detach().cpu().clone() for k, v in unwrap(eval_model).state_dict().items()}
                     best_metrics = dict(metrics)
                     improved_this_epoch = True
                 if dist.is_main:
@@ -329,13 +325,14 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
                 if stop and not last_in_epoch:
                     break
         epoch += 1
+        rng_states = D.all_gather_object(D.rng_state(device))  # every rank's generators, for an exact resume
         if dist.is_main:
             state = {
                 "epoch": epoch, "step": global_step, "model": unwrap(model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "sampler": sampler.state_dict(),
                 "early_stopping": stopper.state_dict(), "history": history, "best_state": best_state,
-                "best_metrics": best_metrics, "rng": D.rng_state(), "config": to_dict(params),
+                "best_metrics": best_metrics, "rng": rng_states, "config": to_dict(params),
                 "config_fingerprint": fingerprint, "normalization_stats": stats, "mlflow_run_id": tracker.run_id,
             }
             ckpts.save(state, epoch=epoch, is_best=improved_this_epoch)
@@ -343,8 +340,11 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
 
     if debug_dir is not None:  # test hook: what this rank trained on, and its final weights
         # parameters only: BatchNorm running stats are rank-local between DDP's buffer broadcasts
-        digest = hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for p in unwrap(model).parameters())).hexdigest()
-        write_json_atomic(Path(debug_dir) / f"rank{dist.rank}.json", {"indices": seen, "weights_sha256": digest})
+        digest = hashlib.sha256(b"".join(p.detach().cpu().float().numpy().tobytes() for p in unwrap(model).parameters())).hexdigest()
+        still = sorted(n for n, p in unwrap(model).named_parameters() if unfrozen_at is not None and n in unfrozen_at
+                       and torch.equal(p.detach(), unfrozen_at[n]))
+        write_json_atomic(Path(debug_dir) / f"rank{dist.rank}.json", {"indices": seen, "weights_sha256": digest,
+                                                                     "unchanged_since_unfreeze": still})
 
     # ---------------------------------------------------------------- outputs (rank 0)
     if stop and dist.is_main:
@@ -382,6 +382,49 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     D.barrier()
     D.cleanup()
     return final
+
+
+def _resume_decision(ckpts: CheckpointManager, fingerprint: str, dist: D.DistInfo) -> Path | None:
+    """The checkpoint to resume from, decided on rank 0 and broadcast, so that every rank takes the
+    same branch (and the same collectives) even while rank 0 moves files.
+
+    A checkpoint of another configuration is never deleted: rank 0 moves it aside into
+    ``<checkpoints>/set_aside/<its fingerprint>/`` and says where, and the run starts fresh.
+    """
+    decision: tuple[str, str | None] = ("fresh", None)
+    if dist.is_main:
+        path = ckpts.latest()
+        if path is not None:
+            found = load(path).get("config_fingerprint")
+            if found == fingerprint:
+                decision = ("resume", str(path))
+            else:
+                where = ckpts.set_aside(str(found or "unknown")[:12])
+                log.warning("%s was written by a different configuration (fingerprint %s, this run %s); moved its "
+                            "checkpoints to %s and starting fresh", path, str(found)[:12], fingerprint[:12], where)
+    kind, path = D.broadcast_object(decision)
+    return Path(path) if kind == "resume" else None
+
+
+def check_deterministic(params: Params, device: torch.device) -> None:
+    """``train.deterministic: true`` is enforced (``torch.use_deterministic_algorithms(True)``); refuse
+    up front, with the fix, the CUDA configurations whose backward has no deterministic kernel.
+
+    On CUDA the backward of bilinear interpolation (``upsample_bilinear2d_backward``) is
+    nondeterministic and would raise at the first step. It is in the decoders of UNet3+,
+    DeepLabV3+, SegFormer and ViT-UNet. UNet++ and
+    U-Net (nearest-neighbour upsampling, global pooling as a mean), the baseline, are deterministic.
+    On CPU every kernel used here is deterministic.
+    """
+    if not params.train.deterministic or device.type != "cuda":
+        return
+    bilinear = {"unet3plus", "deeplabv3plus", "segformer", "vit_unet"}
+    if params.model.arch in bilinear:
+        raise ConfigError(
+            f"train.deterministic: true, but model.arch={params.model.arch!r} differentiates bilinear interpolation, "
+            "which has no deterministic CUDA kernel; set train.deterministic=false for this architecture "
+            "(its runs are then not bit-reproducible), or use unetplusplus / unet"
+        )
 
 
 def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params, EvalAccumulator) -> dict:

@@ -10,10 +10,16 @@ which needs more memory than the frozen first epochs). Encoder weights are never
 
 Memory:
 
-- CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps, after
-  ``reset_peak_memory_stats`` (weights, gradients, AdamW and EMA state are still allocated then, so
-  they count). Budget: ``safety x total device memory``. An out-of-memory error marks the batch as
-  not fitting; the cache is emptied before the next try.
+- CUDA: what the process holds on the device at its peak, not only what tensors use:
+  ``torch.cuda.max_memory_reserved`` over the timed steps (after ``reset_peak_memory_stats``;
+  weights, gradients, AdamW and EMA state are still allocated then, so they count; reserved
+  includes the caching allocator's fragmentation), plus the CUDA context and library workspaces
+  (device memory in use before the model was built, less what the allocator held then), plus the
+  DDP gradient buckets when ``train.nproc > 1`` (DDP copies the gradients into flat buckets: one
+  more copy of the trainable parameters' gradients). Budget: ``safety x total device memory``. An
+  out-of-memory error marks the batch as not fitting, whether torch raises it as
+  ``OutOfMemoryError`` or cuDNN / cuBLAS report a failed allocation, also when ``torch.compile``
+  wraps it (:func:`is_out_of_memory`); the cache is emptied before the next try.
 - CPU: the training state (weights, buffers, gradients, AdamW moments, EMA copy; counted from the
   tensors) plus the peak increase of the process's resident set size (RSS, psutil) over the timed
   steps, sampled by a background thread and at the end of every forward and backward. Freed heap
@@ -85,6 +91,7 @@ class StepSetup:
     grad_clip_norm: float = 1.0
     lr: float = 1e-4
     weight_decay: float = 1e-2
+    nproc: int = 1
 
     @classmethod
     def from_params(cls, params: Params) -> StepSetup:
@@ -93,7 +100,7 @@ class StepSetup:
             model=params.model, extra_channels=tuple(params.data.extra_channels), tile_size=params.data.tile_size,
             loss=params.loss, mixed_precision=params.train.mixed_precision, channels_last=params.train.channels_last,
             compile=params.train.compile, ema=params.train.ema, grad_clip_norm=params.optim.grad_clip_norm,
-            lr=params.optim.lr, weight_decay=params.optim.weight_decay,
+            lr=params.optim.lr, weight_decay=params.optim.weight_decay, nproc=params.train.nproc,
         )
 
     @property
@@ -113,6 +120,9 @@ class Trial:
     peak_memory_bytes: int | None = None
     state_bytes: int | None = None
     rss_increase_bytes: int | None = None
+    allocated_bytes: int | None = None
+    context_bytes: int | None = None
+    ddp_bucket_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -121,6 +131,26 @@ class Trial:
 
 
 # ------------------------------------------------------------------------------ device and memory
+
+_OOM_MESSAGES = ("out of memory", "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_SUPPORTED",
+                 "CUSOLVER_STATUS_ALLOC_FAILED", "CUFFT_ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it wraps, as ``torch.compile`` does) is a failed device
+    allocation. cuDNN reports an allocation it could not make as ``CUDNN_STATUS_ALLOC_FAILED`` or,
+    for its workspace, ``CUDNN_STATUS_NOT_SUPPORTED``; cuBLAS as ``CUBLAS_STATUS_ALLOC_FAILED``."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, torch.OutOfMemoryError):
+            return True
+        if isinstance(e, RuntimeError) and any(m in str(e) for m in _OOM_MESSAGES):
+            return True
+        e = e.__cause__ or e.__context__ or getattr(e, "inner_exception", None)
+    return False
+
 
 
 def resolve_device(name: str) -> torch.device:
@@ -223,7 +253,7 @@ class RSSPeak:
 
 def amp_dtype_name(device: torch.device, mixed_precision: bool) -> str:
     """``bfloat16`` / ``float16`` / ``float32``: what training's autocast will use on ``device``."""
-    from rts.training.loop import amp_settings
+    from rts.training.step import amp_settings
 
     enabled, dtype, _ = amp_settings(device, mixed_precision)
     return str(dtype).removeprefix("torch.") if enabled else "float32"
@@ -244,7 +274,7 @@ class StepProfiler:
         from rts.losses import build_loss
         from rts.models import build_model
         from rts.models.ema import ModelEMA
-        from rts.training.loop import amp_settings
+        from rts.training.step import TrainStep, amp_settings, gpu_path
 
         if steps < 1 or warmup < 0:
             raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
@@ -253,7 +283,13 @@ class StepProfiler:
         torch.manual_seed(seed)
         model_cfg = dataclasses.replace(setup.model, encoder_weights=None)
         model = build_model(model_cfg, in_channels=setup.in_channels, n_extra=len(setup.extra_channels)).to(device)
-        self.channels_last = setup.channels_last and device.type == "cuda"
+        if device.type == "cuda":  # the CUDA context and library handles, before any tensor of ours
+            torch.cuda.init()
+            free, total = torch.cuda.mem_get_info(device)
+            self.context_bytes = max(0, total - free - torch.cuda.memory_reserved(device))
+        else:
+            self.context_bytes = None
+        self.channels_last = setup.channels_last and gpu_path(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.train()
@@ -266,6 +302,12 @@ class StepProfiler:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp[2])
         self.ema = ModelEMA(model, 0.999) if setup.ema else None
         self._rss: RSSPeak | None = None
+        self.allocated_bytes: int | None = None
+        self.train_step = TrainStep(model=model, optimizer=self.optimizer, scaler=self.scaler, loss_fn=self.loss_fn, amp=self.amp,
+                                    device=device, grad_clip_norm=setup.grad_clip_norm, aux_weight=setup.model.deep_supervision_weight,
+                                    ema=self.ema, channels_last=self.channels_last, step_model=self.step_model)
+        # DDP keeps the gradients a second time, in its flat buckets
+        self.ddp_bucket_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) if setup.nproc > 1 else 0
 
     def state_bytes(self) -> int:
         """Bytes of the training state that lives across steps: weights, buffers, gradients,
@@ -282,22 +324,10 @@ class StepProfiler:
             self._rss.sample()
 
     def _step(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
-        from rts.models import model_outputs_loss
-
-        with torch.autocast(self.device.type, dtype=self.amp[1], enabled=self.amp[0]):
-            outputs = self.step_model(image)
-        loss = model_outputs_loss(self.loss_fn, outputs, target, valid, self.setup.model.deep_supervision_weight)
-        self._sample()  # all activations are alive here
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self._sample()  # gradients allocated, activations being freed
-        if self.setup.grad_clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.setup.grad_clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        """The training loop's own step (:class:`rts.training.step.TrainStep`)."""
+        self.train_step.scaler = self.scaler  # replaced after an OOM
+        self.train_step(image, target, valid, on_forward=self._sample)  # sampled with all activations alive
+        self._sample()  # after backward and the optimiser step
 
     def _cpu_activation_bytes(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> int:
         """Peak RSS increase of one extra, untimed step (run inside :func:`_mmap_large_allocations`)."""
@@ -345,7 +375,9 @@ class StepProfiler:
         self._sync()
         step_s = (time.perf_counter() - t0) / self.steps
         if cuda:
-            return step_s, state, int(torch.cuda.max_memory_allocated(self.device)), None
+            self.allocated_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            peak = int(torch.cuda.max_memory_reserved(self.device)) + self.context_bytes + self.ddp_bucket_bytes
+            return step_s, state, peak, None
         rss_increase = self._cpu_activation_bytes(image, target, valid)
         return step_s, state, state + rss_increase, rss_increase
 
@@ -358,7 +390,9 @@ class StepProfiler:
         oom = False
         try:
             step, state, peak, rss_increase = self._run(batch_size)
-        except torch.OutOfMemoryError:
+        except Exception as e:  # noqa: BLE001 - compile wraps errors in its own types: judged by is_out_of_memory
+            if not is_out_of_memory(e):
+                raise
             oom = True  # clean up outside the handler: the traceback keeps the step's tensors alive
         self.optimizer.zero_grad(set_to_none=True)
         if oom:
@@ -371,8 +405,11 @@ class StepProfiler:
             log.info("batch %d: out of memory", batch_size)
             return Trial(batch_size, fits=False, oom=True)
         fits = budget_bytes is None or peak <= budget_bytes
+        cuda = self.device.type == "cuda"
         trial = Trial(batch_size, fits=fits, step_time_s=step, images_per_s=batch_size / step, peak_memory_bytes=peak,
-                      state_bytes=state, rss_increase_bytes=rss_increase)
+                      state_bytes=state, rss_increase_bytes=rss_increase,
+                      allocated_bytes=self.allocated_bytes if cuda else None, context_bytes=self.context_bytes,
+                      ddp_bucket_bytes=self.ddp_bucket_bytes if cuda else None)
         log.info("batch %d: %.4f s/step, %.1f images/s, peak %.3f GiB%s", batch_size, step, trial.images_per_s,
                  peak / GIB, "" if fits else " (over budget)")
         return trial
@@ -491,7 +528,8 @@ def profile(
         "device_memory_bytes": total,
         "device_memory_kind": "total GPU memory" if device.type == "cuda" else "available RAM at start",
         "torch_version": torch.__version__,
-        "memory_measure": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "training state bytes + peak RSS increase over the timed steps",
+        "memory_measure": ("torch.cuda.max_memory_reserved + CUDA context + DDP gradient buckets (nproc > 1)" if device.type == "cuda"
+                           else "training state bytes + peak RSS increase over the timed steps"),
         "memory_budget_bytes": budget,
         "safety": safety,
         "config": {
@@ -507,6 +545,7 @@ def profile(
             "mixed_precision": setup.mixed_precision,
             "amp_dtype": amp_dtype_name(device, setup.mixed_precision),
             "channels_last": setup.channels_last and device.type == "cuda",
+            "nproc": setup.nproc,
             "compile": setup.compile,
             "ema": setup.ema,
             "optimizer": "AdamW",
