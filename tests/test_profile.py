@@ -176,6 +176,7 @@ def test_bad_tile_size_names_the_key(params_file, tmp_path, caplog):
     assert "data.tile_size" in caplog.text
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_profile_and_oom_search():
     setup = StepSetup(model=ModelConfig(arch="unet", encoder="resnet18", encoder_weights=None), tile_size=256)
@@ -210,3 +211,54 @@ def test_out_of_memory_marks_the_batch_and_the_search_goes_on(monkeypatch):
     assert [(t.batch_size, t.fits, t.oom) for t in trials] == [(1, True, False), (2, True, False), (4, False, True), (3, False, True)]
     assert trials[2].peak_memory_bytes is None and trials[2].step_time_s is None
     assert all(p.grad is None for p in profiler.model.parameters())  # gradients released after the failed try
+
+
+class _CompileFailure(RuntimeError):
+    """Stands in for torch._dynamo's BackendCompilerFailed, which wraps the error it met."""
+
+
+def _wrapped(inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as e:
+            raise _CompileFailure("backend='inductor' raised: see above") from e
+    except _CompileFailure as outer:
+        return outer
+
+
+@pytest.mark.parametrize("exc, oom", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a non-contiguous input."), True),
+    (_wrapped(torch.OutOfMemoryError("CUDA out of memory")), True),
+    (_wrapped(RuntimeError("CUDNN_STATUS_ALLOC_FAILED")), True),
+    (RuntimeError("Given groups=1, weight of size [64, 3, 7, 7], expected input to have 3 channels"), False),
+    (_wrapped(ValueError("bad shape")), False),
+])
+def test_every_kind_of_device_allocation_failure_is_an_oom(exc, oom):
+    from rts.training.profile import is_out_of_memory
+
+    assert is_out_of_memory(exc) is oom
+
+
+def test_a_cudnn_allocation_failure_marks_the_batch_and_other_errors_propagate(monkeypatch):
+    from rts.training.profile import StepProfiler
+
+    setup = StepSetup(model=ModelConfig(arch="unet", encoder="resnet18", encoder_weights=None), tile_size=64, ema=False)
+    profiler = StepProfiler(setup, torch.device("cpu"), steps=1, warmup=0)
+
+    def fail(batch_size):
+        raise _wrapped(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+
+    monkeypatch.setattr(profiler, "_run", fail)
+    trial = profiler.measure(4)
+    assert trial.oom and not trial.fits
+
+    def bug(batch_size):
+        raise RuntimeError("expected input to have 3 channels")
+
+    monkeypatch.setattr(profiler, "_run", bug)
+    with pytest.raises(RuntimeError, match="3 channels"):
+        profiler.measure(4)

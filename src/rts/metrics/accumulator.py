@@ -179,7 +179,7 @@ class EvalAccumulator:
         """
         from rts.training import distributed as D
 
-        if not D.is_multi_rank():
+        if not D.joined():
             return
         for name, a in D.sum_arrays({name: getattr(self, name) for name in _ARRAYS}).items():
             setattr(self, name, a)

@@ -43,6 +43,8 @@ class DistInfo:
         return self.world_size > 1
 
 
+JOIN_ENV = "RTS_PROCESS_GROUP"
+
 # The device type the joined process group serves ("cuda" for NCCL, "cpu" for gloo); None when
 # no group was joined here (a world of one, or a group joined by a test harness).
 _COLLECTIVE_DEVICE: torch.device | None = None
@@ -64,7 +66,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     else:
         dev = torch.device("cpu")
     backend = None
-    if world_size > 1:
+    # A group of one, joined on request, runs every collective exactly as a multi-GPU job does
+    # (benchmarks/gpu_check.py checks NCCL that way on a single-GPU machine).
+    if world_size > 1 or os.environ.get(JOIN_ENV) == "1":
         backend = "nccl" if use_cuda else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, device_id=dev if use_cuda else None)
@@ -72,16 +76,16 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, dev, backend)
 
 
-def is_multi_rank() -> bool:
-    """A process group of more than one rank is joined."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def joined() -> bool:
+    """A process group is joined (of any size: a group of one runs the same collectives)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def collective_device() -> torch.device:
     """The device whose tensors the current process group reduces (CPU when none was joined)."""
     if _COLLECTIVE_DEVICE is not None:
         return _COLLECTIVE_DEVICE
-    if is_multi_rank() and dist.get_backend() == "nccl":
+    if joined() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -90,7 +94,7 @@ def check_collective_tensor(t: torch.Tensor) -> None:
     """Raise when ``t`` is on a device the process group's backend does not serve."""
     want = collective_device()
     if t.device.type != want.type or (want.type == "cuda" and t.device.index not in (None, want.index)):
-        backend = dist.get_backend() if is_multi_rank() else ("nccl" if want.type == "cuda" else "gloo")
+        backend = dist.get_backend() if joined() else ("nccl" if want.type == "cuda" else "gloo")
         raise RuntimeError(
             f"collective on a tensor on {t.device}, but the {backend} process group serves {want} only; "
             f"move it with .to({str(want)!r}) before reducing (rts.training.distributed)"
@@ -111,7 +115,7 @@ def barrier() -> None:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over the ranks, in place (``t`` must be on :func:`collective_device`)."""
-    if is_multi_rank():
+    if joined():
         check_collective_tensor(t)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
@@ -120,7 +124,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def sum_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Sum numpy count arrays over the ranks: one reduction per array, staged on the collective
     device (int64 and float64 are exact under both gloo and NCCL)."""
-    if not is_multi_rank():
+    if not joined():
         return arrays
     dev = collective_device()
     out = {}
@@ -133,7 +137,7 @@ def sum_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def all_gather_object(obj: Any) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a world of one)."""
-    if not is_multi_rank():
+    if not joined():
         return [obj]
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
@@ -142,7 +146,7 @@ def all_gather_object(obj: Any) -> list[Any]:
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank."""
-    if not is_multi_rank():
+    if not joined():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)

@@ -264,7 +264,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     step_fn = TrainStep(model=model, optimizer=optimizer, scaler=scaler, loss_fn=loss_fn, amp=amp, device=device,
                         grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=ema,
                         channels_last=channels_last)
-    stats = TrainStats(device)
+    train_stats = TrainStats(device)
     unfrozen_at: dict[str, torch.Tensor] | None = None  # test hook: encoder weights when the freeze ends
 
     # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
@@ -286,14 +286,14 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         sampler.set_crop_size(progressive_crop(tc.progressive_resizing, epoch, params.data.tile_size))
         steps = len(sampler)
         ddp_model.train()
-        stats.reset()
+        train_stats.reset()
         for i, batch in enumerate(train_loader):
             for group in optimizer.param_groups:
                 group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
             image = batch["image"].to(device, non_blocking=True)
             target, valid = batch["target"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
             outputs, loss = step_fn(image, target, valid)
-            stats.add(outputs, loss, target, valid)
+            train_stats.add(outputs, loss, target, valid)
             global_step += 1
             if debug_dir is not None:
                 seen.extend(int(k) for k in batch["index"])
@@ -305,7 +305,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
             if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
                 eval_model = ema.module if ema is not None else model
                 metrics = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[1]["lr"]}
-                metrics["train_loss"], metrics["train_iou"] = stats.reduce()
+                metrics["train_loss"], metrics["train_iou"] = train_stats.reduce()
                 metrics.update(run_validation(eval_model, val_sets, loss_fn=loss_fn, device=device, amp=amp, params=params,
                                               EvalAccumulator=EvalAccumulator))
                 history.append(metrics)
@@ -344,7 +344,9 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         still = sorted(n for n, p in unwrap(model).named_parameters() if unfrozen_at is not None and n in unfrozen_at
                        and torch.equal(p.detach(), unfrozen_at[n]))
         write_json_atomic(Path(debug_dir) / f"rank{dist.rank}.json", {"indices": seen, "weights_sha256": digest,
-                                                                     "unchanged_since_unfreeze": still})
+                                                                     "unchanged_since_unfreeze": still,
+                                                                     "sync_batchnorm": any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()),
+                                                                     "channels_last": channels_last})
 
     # ---------------------------------------------------------------- outputs (rank 0)
     if stop and dist.is_main:

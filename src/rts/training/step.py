@@ -77,7 +77,7 @@ class TrainStep:
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp[1], enabled=self.amp[0]):
-            outputs = (self.step_model or self.model)(image)
+            outputs = (self.model if self.step_model is None else self.step_model)(image)
         loss = model_outputs_loss(self.loss_fn, outputs, target, valid, self.aux_weight)
         if on_forward is not None:
             on_forward()
@@ -118,7 +118,7 @@ class TrainStats:
     def reduce(self) -> tuple[float, float]:
         """(mean train loss, train IoU) over every rank: one reduction and one read per call."""
         both = torch.cat([self.loss, self.counts.to(torch.float64)])
-        dev = D.collective_device() if D.is_multi_rank() else both.device
+        dev = D.collective_device() if D.joined() else both.device
         both = D.all_reduce_sum(both.to(dev)).cpu()
         loss_sum, n, tp, fp, fn = both.tolist()
         return loss_sum / max(n, 1), tp / max(tp + fp + fn, 1)
