@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workdir import REPO, TINY, run  # noqa: E402
+from workdir import REPO, TINY, make_repo, run  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
@@ -33,20 +33,7 @@ def git(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A copy of the project's tracked files with tiny synthetic data added to DVC."""
-    dest = tmp_path_factory.mktemp("pipeline") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if f == "data.dvc" or not (REPO / f).is_file():
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, dest / f)
-    git(dest, "init", "-q")
-    git(dest, "config", "user.email", "ci@example.com")
-    git(dest, "config", "user.name", "ci")
-    run([sys.executable, "-m", "rts", "synth", "data", "--preset", "tiny"], dest)
-    run(["dvc", "add", "-q", "data"], dest)
-    git(dest, "add", "-A")
-    git(dest, "commit", "-qm", "init")
+    dest = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", ["--preset", "tiny"])
     return dest
 
 

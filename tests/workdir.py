@@ -75,3 +75,21 @@ def make_workdir(dest: Path, overrides: dict | None = None, *, data: Path | None
         run([sys.executable, "-m", "rts", "synth", str(dest / "data"), "--preset", "tiny"], dest)
     set_params(dest / "params.yaml", {**TINY, "tracking.mlflow_tracking_uri": f"sqlite:///{dest / 'mlruns.db'}", **(overrides or {})})
     return dest
+
+
+def make_repo(dest: Path, synth_args: list[str]) -> Path:
+    """A git + DVC repository in ``dest`` holding the project's tracked files and synthetic data
+    (``rts synth data *synth_args``) added to DVC, committed."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f == "data.dvc" or not (REPO / f).is_file():
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    for args in (["init", "-q"], ["config", "user.email", "ci@example.com"], ["config", "user.name", "ci"]):
+        run(["git", *args], dest)
+    run([sys.executable, "-m", "rts", "synth", "data", *synth_args], dest)
+    run(["dvc", "add", "-q", "data"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "init"], dest)
+    return dest
