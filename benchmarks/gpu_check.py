@@ -176,15 +176,12 @@ def inference(p: dict, device: torch.device) -> dict:
 
     from rts.data.normalization import Normalizer
     from rts.inference.predict import predict_batch
-    from rts.inference.predictor import Predictor
+    from rts.inference.predictor import Predictor, to_inference_device
     from rts.models import build_model
     from rts.training.step import amp_settings, gpu_path
 
-    model = build_model(ModelConfig(arch=p["arch"], encoder=p["encoder"], encoder_weights=None)).to(device).eval()
-    if gpu_path(device):
-        model = model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model = build_model(ModelConfig(arch=p["arch"], encoder=p["encoder"], encoder_weights=None)).eval()
+    model = to_inference_device(model, device, benchmark=True)  # as rts predict runs it
     x = torch.rand(p["infer_batch"], 3, p["tile"], p["tile"]) * 255
     if device.type == "cuda":
         x = x.pin_memory()

@@ -107,6 +107,19 @@ class Predictor:
         return float(entry["threshold"])
 
 
+def to_inference_device(model: torch.nn.Module, device: torch.device, *, benchmark: bool = False) -> torch.nn.Module:
+    """``model`` on ``device`` as inference runs it: channels_last on the GPU path, cuDNN's
+    algorithm timing on when ``benchmark`` (see :func:`load_predictor`)."""
+    from rts.training.step import gpu_path
+
+    model = model.to(device)
+    if gpu_path(device):
+        model = model.to(memory_format=torch.channels_last)
+    if benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
 def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta: str | None = None,
                    scales: tuple[float, ...] | None = None, amp: bool = False, benchmark: bool = False) -> Predictor:
     """Load a model package folder into a ready ``Predictor``.
@@ -128,11 +141,7 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta:
     device = torch.device(device)
     from rts.training.step import amp_settings, gpu_path
 
-    model = build_from_package(package).to(device)
-    if gpu_path(device):
-        model = model.to(memory_format=torch.channels_last)
-    if benchmark and device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model = to_inference_device(build_from_package(package), device, benchmark=benchmark)
     data_cfg = package["data_config"]
     amp_dtype = amp_settings(device, True)[1] if amp else None
     ev = package.get("config", {}).get("evaluate", {})

@@ -325,7 +325,6 @@ class StepProfiler:
 
     def _step(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> None:
         """The training loop's own step (:class:`rts.training.step.TrainStep`)."""
-        self.train_step.scaler = self.scaler  # replaced after an OOM
         self.train_step(image, target, valid, on_forward=self._sample)  # sampled with all activations alive
         self._sample()  # after backward and the optimiser step
 
@@ -397,7 +396,7 @@ class StepProfiler:
         self.optimizer.zero_grad(set_to_none=True)
         if oom:
             # An OOM between scale() and update() leaves the scaler mid-step; start a fresh one.
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp[2])
+            self.scaler = self.train_step.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp[2])
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
