@@ -1,4 +1,4 @@
-"""The committed baseline, as it is, through ``dvc exp run`` on the CPU (issue 13).
+"""The committed baseline, as it is, through ``dvc exp run`` on the CPU.
 
 ``params.yaml`` as committed is the real baseline: UNet++ / EfficientNet-B7, 512 px, focal, the
 freeze period, EMA, balanced sampling. This runs all four stages of it on synthetic 512 px data in

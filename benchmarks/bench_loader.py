@@ -1,4 +1,4 @@
-"""Loader throughput per worker core at 512 px with the full augmentation pipeline (issue 2).
+"""Loader throughput per worker core at 512 px with the full augmentation pipeline.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--tiles 24] [--data DIR]
 
@@ -46,7 +46,7 @@ def main() -> int:
     from rts.data.normalization import Normalizer, compute_stats
     from rts.data.splits import TileRecord, read_metadata
     from rts.data.store import TileStore
-    from rts.data.synth import synthesize
+    from rts.authoring.synth import synthesize
     from rts.io import read_raster, tile_paths
 
     tmp = Path(tempfile.mkdtemp())

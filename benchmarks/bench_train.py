@@ -1,4 +1,4 @@
-"""Training pipeline overhead (issue 4): a full step from files (loader workers, augmentation,
+"""Training pipeline overhead: a full step from files (loader workers, augmentation,
 balanced sampler, loss with ignore mask, EMA, clipping, LR schedule) against the pure
 forward/backward/step of the same model on a ready tensor batch.
 
@@ -33,10 +33,11 @@ def main() -> int:
     from rts.data.sampler import BalancedBatchSampler
     from rts.data.splits import resolve_splits
     from rts.data.store import TileStore
-    from rts.losses import build_loss
+    from rts.training.losses import build_loss
     from rts.models import build_model, model_outputs_loss
     from rts.models.ema import ModelEMA
-    from rts.training.loop import amp_settings, make_loader
+    from rts.precision import amp_settings
+    from rts.training.loop import make_loader
     from rts.training.schedule import group_lrs
 
     ap = argparse.ArgumentParser()

@@ -1,4 +1,4 @@
-"""The prepared GPU check (issue 13): one script, one JSON, under 8 minutes on one H100/H200.
+"""The prepared GPU check: one script, one JSON, under 8 minutes on one H100/H200.
 
 It measures the production path on whatever GPUs the machine has and writes what it found to
 ``--out`` after every section (so a run cut short still leaves the sections it finished):
@@ -26,7 +26,6 @@ emulated) so that ``make test`` keeps the script working; its figures mean nothi
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -106,11 +105,11 @@ def nccl_validation(smoke: bool, timeout: int) -> dict:
                                              "train.mixed_precision": True, "model.arch": "unetplusplus",
                                              "model.encoder": "efficientnet-b0", "optim.freeze_backbone_epochs": 0})
         run([sys.executable, "-m", "stages.prepare"], wd, timeout=timeout)
-        env = {"RTS_PROCESS_GROUP": "1", "RTS_DEBUG_DIR": str(Path(tmp) / "dbg")}
+        env = {"RTS_PROCESS_GROUP": "1"}
         if smoke:
             env["RTS_EMULATE_GPU"] = "bf16"
         t = time.perf_counter()
-        proc = run(["torchrun", "--standalone", f"--nproc-per-node={nproc}", "-m", "stages.train"], wd, check=False,
+        proc = run(["torchrun", "--standalone", f"--nproc-per-node={nproc}", "-m", "stages.train", "--record-dir", str(Path(tmp) / "dbg")], wd, check=False,
                    timeout=timeout, **env)
         seconds = time.perf_counter() - t
         metrics = json.loads((wd / "metrics/train.json").read_text()) if (wd / "metrics/train.json").exists() else {}
@@ -178,7 +177,7 @@ def inference(p: dict, device: torch.device) -> dict:
     from rts.inference.predict import predict_batch
     from rts.inference.predictor import Predictor, to_inference_device
     from rts.models import build_model
-    from rts.training.step import amp_settings, gpu_path
+    from rts.precision import amp_settings, gpu_path
 
     model = build_model(ModelConfig(arch=p["arch"], encoder=p["encoder"], encoder_weights=None)).eval()
     model = to_inference_device(model, device, benchmark=True)  # as rts predict runs it

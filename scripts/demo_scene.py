@@ -24,7 +24,7 @@ import rasterio
 import yaml
 from rasterio.merge import merge
 
-from rts.data.synth import block_period
+from rts.authoring.synth import block_period
 from rts.io import tile_paths, write_geotiff
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from affine import Affine
 from rasterio.features import rasterize
 
-from rts.data.tiles_sources import read_geometries
+from rts.authoring.tiles_sources import read_geometries
 from rts.io import write_geotiff, write_json_atomic
 from rts.metrics.objects import gt_components, pred_components
 

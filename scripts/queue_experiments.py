@@ -1,9 +1,9 @@
-"""Queue the guide's experiment matrix (11.4) as DVC experiments.
+"""Queue the experiment matrix as DVC experiments.
 
     python scripts/queue_experiments.py --phase losses [--set model.arch=deeplabv3plus] [--dry-run]
     dvc queue start -j 1 && dvc exp show --md
 
-Phases run in the guide's order; pass the winner of a phase with --set to the next one.
+Phases run in order; pass the winner of a phase with --set to the next one.
 """
 
 import argparse

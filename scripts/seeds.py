@@ -1,5 +1,5 @@
 """Run the final configuration with seeds 42, 43, 44 as DVC experiments and aggregate the test
-metrics into metrics/seeds.json and seeds.md (guide 12).
+metrics into metrics/seeds.json and seeds.md (mean +/- std per metric).
 
     python scripts/seeds.py [--set key=value ...] [--seeds 42 43 44] [--aggregate-only]
 """

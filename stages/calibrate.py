@@ -6,13 +6,14 @@ import logging
 import sys
 from pathlib import Path
 
-from rts.calibration import calibrate, render_reliability
+from rts.evaluation.calibrate import calibrate, render_reliability
 from rts.config import load_params
+from rts.errors import exit_on_error
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest
 from rts.io import write_json_atomic
-from rts.package import write_package
-from rts.susceptibility import open_layer
+from rts.evaluation.package import write_package
+from rts.susceptibility import SusceptibilityFilter
 
 
 def main() -> int:
@@ -22,9 +23,9 @@ def main() -> int:
     store = open_store(params.data.root, params.data.cache)
     val = Manifest.load(Path("prepared/splits/val_realistic.json")).tiles
     test = Manifest.load(Path("prepared/splits/test_realistic.json")).tiles
-    layer = open_layer(params.susceptibility.path, params.susceptibility.min_likelihood)
+    susceptibility = SusceptibilityFilter.from_params(params.susceptibility)
     calibration, test_report, plots = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=Path("eval/logits"),
-                                                susceptibility=layer)
+                                                susceptibility=susceptibility)
     calibration.update(tta=ev.tta, scales=list(ev.scales))
     package_dir = write_package(Path("models/train"), Path("models/rts-model"), calibration, test_report, ev.iou_thresholds)
     write_json_atomic(Path("metrics/calibration.json"), {
@@ -39,7 +40,7 @@ def main() -> int:
 
 
 def log_to_mlflow(params, package_dir: Path) -> None:
-    """Final artifacts (guide 11.3) on the training run, so one MLflow run holds the whole story."""
+    """Final artifacts on the training run, so one MLflow run holds the whole story."""
     if not params.tracking.mlflow:
         return
     from rts.inference.predictor import load_package
@@ -58,4 +59,4 @@ def log_to_mlflow(params, package_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_error(main))

@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 from rts.config import load_params
+from rts.errors import exit_on_error
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest, read_metadata
-from rts.evaluation import evaluate
+from rts.evaluation.evaluate import evaluate
 from rts.inference.predictor import load_predictor
-from rts.susceptibility import open_layer
+from rts.metrics.keys import object_key, ratio_key
+from rts.susceptibility import SusceptibilityFilter
 
 
 def main() -> int:
@@ -27,11 +29,11 @@ def main() -> int:
     all_ids = [row["tile_id"] for row in read_metadata(root)]
     results = evaluate(predictor, store, manifests, all_ids, ev, logits_dir=Path("eval/logits"), plots_dir=Path("plots"),
                        metrics_path=Path("metrics/evaluate.json"), test_metrics_path=Path("metrics/evaluate_test.json"),
-                       susceptibility=open_layer(params.susceptibility.path, params.susceptibility.min_likelihood))
+                       susceptibility=SusceptibilityFilter.from_params(params.susceptibility))
     for r in ev.ratios:
-        v = results["val_realistic"][f"1:{r}"]
-        print(f"val-realistic 1:{r}: PR-AUC {v['pr_auc']}, pixel IoU {v['iou_rts']}, "
-              f"object P/R@{ev.primary_iou:g} {v[f'obj_iou{ev.primary_iou:g}_precision']}/{v[f'obj_iou{ev.primary_iou:g}_recall']}")
+        v = results["val_realistic"][ratio_key(r)]
+        p, rec = v[object_key(ev.primary_iou, "precision")], v[object_key(ev.primary_iou, "recall")]
+        print(f"val-realistic 1:{r}: PR-AUC {v['pr_auc']}, pixel IoU {v['iou_rts']}, object P/R@{ev.primary_iou:g} {p}/{rec}")
     return 0
 
 
@@ -42,4 +44,4 @@ def _cuda() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_error(main))

@@ -5,25 +5,22 @@ import sys
 from pathlib import Path
 
 from rts.config import load_params
-from rts.data.prepare import DataCheckError, prepare
+from rts.data.prepare import prepare
 from rts.data.store import DEFAULT_CACHE_DIR
+from rts.errors import exit_on_error
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     params = load_params("params.yaml")
-    try:
-        summary = prepare(
-            params.data,
-            params.prepare,
-            seed=params.seed,
-            out_dir=Path("prepared"),
-            metrics_path=Path("metrics/prepare.json"),
-            cache_dir=DEFAULT_CACHE_DIR if params.data.cache else None,
-        )
-    except DataCheckError as e:
-        print(e, file=sys.stderr)
-        return 1
+    summary = prepare(
+        params.data,
+        params.prepare,
+        seed=params.seed,
+        out_dir=Path("prepared"),
+        metrics_path=Path("metrics/prepare.json"),
+        cache_dir=DEFAULT_CACHE_DIR if params.data.cache else None,
+    )
     for split in ("train", "val_balanced", "val_realistic", "test_realistic"):
         s = summary[split]
         print(f"{split:15s} {s['n_pos']:6d} pos {s['n_neg']:6d} neg  RTS pixel fraction {s['rts_pixel_fraction']:.4f}")
@@ -31,4 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_error(main))

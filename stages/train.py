@@ -1,25 +1,52 @@
-"""DVC stage `train`: ``torchrun --standalone --nproc-per-node=${train.nproc} -m stages.train``."""
+"""DVC stage `train`: ``torchrun --standalone --nproc-per-node=${train.nproc} -m stages.train``.
 
+``python -m stages.train --check`` runs first (``dvc.yaml``): it validates ``params.yaml`` and the
+prepared inputs in one process, so a bad param prints one line instead of one traceback per rank
+wrapped in torchrun's failure report. ``--record-dir`` and ``--kill-at-step`` are test hooks
+(:class:`rts.training.loop.TrainHooks`); the pipeline never passes them.
+"""
+
+import argparse
 import logging
 import os
 import sys
 from pathlib import Path
 
 from rts.config import load_params
-from rts.training.loop import train
+from rts.errors import DataError, exit_on_error
+from rts.training.loop import TrainHooks, train
+
+PREPARED = Path("prepared")
+PREPARED_FILES = ("normalization_stats.json", "summary.json", "splits/train.json", "splits/val_balanced.json", "splits/val_realistic.json")
 
 
-def main() -> int:
+def check() -> int:
+    load_params("params.yaml")
+    missing = [str(PREPARED / f) for f in PREPARED_FILES if not (PREPARED / f).is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: missing ({len(missing)} prepared file(s) in all); run `dvc repro prepare` first")
+    return 0
+
+
+def main(hooks: TrainHooks) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
     )
     params = load_params("params.yaml")
-    train(params, prepared=Path("prepared"), models_dir=Path("models/train"), ckpt_dir=Path("checkpoints"),
-          metrics_path=Path("metrics/train.json"))
+    train(params, prepared=PREPARED, models_dir=Path("models/train"), ckpt_dir=Path("checkpoints"),
+          metrics_path=Path("metrics/train.json"), hooks=hooks)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = argparse.ArgumentParser(prog="stages.train")
+    parser.add_argument("--check", action="store_true", help="validate params and prepared inputs, then exit")
+    parser.add_argument("--record-dir", type=Path, help="test hook: per-rank record of the run")
+    parser.add_argument("--kill-at-step", type=int, help="test hook: SIGTERM this process after that global step")
+    args = parser.parse_args()
+    if args.check:
+        sys.exit(exit_on_error(check))
+    hooks = TrainHooks(record_dir=args.record_dir, kill_at_step=args.kill_at_step)
+    sys.exit(exit_on_error(lambda: main(hooks), quiet=int(os.environ.get("RANK", "0")) != 0))

@@ -18,7 +18,6 @@ GPU, 320 validation tiles, scaling efficiency 1.
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
@@ -274,8 +273,8 @@ def test_cli_default_inference_speed_is_three_times_training(tmp_path, params_fi
     assert json.loads(out.read_text())["assumptions"]["infer_tiles_per_s_per_gpu"] == 30.0
 
 
-def test_cli_bad_runs_argument_fails_with_message(tmp_path, params_file, caplog):
-    with caplog.at_level(logging.ERROR):
-        rc = main(["estimate", "--params", str(params_file), "--train-images-per-s", "10", "--runs", "losses=two"])
-    assert rc == 2
-    assert "expected PHASE=N" in caplog.text
+def test_cli_bad_runs_argument_fails_with_one_line(tmp_path, params_file, capsys):
+    rc = main(["estimate", "--params", str(params_file), "--train-images-per-s", "10", "--runs", "losses=two"])
+    assert rc == 2, "a bad argument is a ConfigError (exit 2)"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--runs 'losses=two'" in err[0] and "expected PHASE=N" in err[0]

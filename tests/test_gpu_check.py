@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from workdir import REPO, run  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gpu_path")]

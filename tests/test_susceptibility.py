@@ -1,4 +1,4 @@
-"""Susceptibility filter (guide 13): hand-made layers remove exactly the expected objects and area.
+"""Susceptibility filter: hand-made layers remove exactly the expected objects and area.
 
 Rasters are tiny (12-160 px) GeoTIFFs in EPSG:3413 (one in EPSG:4326) written by the tests.
 """
@@ -6,7 +6,6 @@ Rasters are tiny (12-160 px) GeoTIFFs in EPSG:3413 (one in EPSG:4326) written by
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,10 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
-sys.path.insert(0, str(Path(__file__).parent))
 from datasets import REGION_ORIGINS, make_dataset  # noqa: E402
 from packages import ORIGIN, RedMask, make_predictor, write_scene  # noqa: E402
 
+from rts.errors import DataError
 from rts.io import write_geotiff  # noqa: E402
 from rts.susceptibility import SusceptibilityLayer, filter_probabilities, keep_mask  # noqa: E402
 
@@ -123,7 +122,7 @@ def test_outside_extent_and_nodata_are_unknown_and_kept(tmp_path):
 
 
 def test_bad_layers_are_refused_with_the_file_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.tif"):
+    with pytest.raises(DataError, match="missing.tif"):
         SusceptibilityLayer(tmp_path / "missing.tif", 0.5)
     two = tmp_path / "two.tif"
     write_geotiff(two, np.zeros((2, 8, 8), np.float32), from_origin(*ORIGIN, 3.0, 3.0))
@@ -164,7 +163,7 @@ def test_evaluation_reports_with_and_without_the_filter(tmp_path):
     from rts.config import EvaluateConfig
     from rts.data.splits import read_metadata
     from rts.data.store import TileStore
-    from rts.evaluation import evaluate
+    from rts.evaluation.evaluate import evaluate
 
     root, manifests, layer_path = _val_dataset(tmp_path)
     ev = EvaluateConfig(ratios=[200], n_bins=100, n_object_thresholds=10, min_object_px=5, batch_size=4)
@@ -191,10 +190,10 @@ def test_evaluation_reports_with_and_without_the_filter(tmp_path):
 
 
 def test_calibration_fits_thresholds_on_filtered_probabilities(tmp_path):
-    from rts.calibration import calibrate
+    from rts.evaluation.calibrate import calibrate
     from rts.config import CalibrateConfig, EvaluateConfig
     from rts.data.store import TileStore
-    from rts.evaluation import save_logits
+    from rts.evaluation.evaluate import save_logits
 
     root, manifests, layer_path = _val_dataset(tmp_path)
     store = TileStore(root)
@@ -267,7 +266,7 @@ def test_predict_without_layer_is_unchanged(tmp_path):
 def test_synthetic_layer_is_optional_and_matches_the_rts(tmp_path):
     import csv
 
-    from rts.data.synth import synthesize
+    from rts.authoring.synth import synthesize
     from rts.susceptibility import tile_grid
 
     synthesize(tmp_path / "plain", preset="tiny", seed=3)

@@ -1,3 +1,5 @@
+"""`python -m rts`: the `rts` command line."""
+
 from rts.cli import main
 
 raise SystemExit(main())

@@ -17,11 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from rts.errors import ConfigError
 from rts.io import EXTRA_CHANNELS
 
-
-class ConfigError(ValueError):
-    """A parameter is unknown or has an impossible value."""
+__all__ = ["ConfigError"]  # re-exported: callers validate params and catch it from here
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -288,7 +287,7 @@ class CalibrateConfig:
 
 @dataclass
 class SusceptibilityConfig:
-    """Two-stage fallback (guide 13): confine detections to RTS-susceptible terrain."""
+    """Two-stage fallback: confine detections to RTS-susceptible terrain."""
 
     path: str | None = None
     min_likelihood: float = 0.5

@@ -1,11 +1,11 @@
-"""``rts estimate``: measured throughput -> projected GPU hours and cost (training guide 14).
+"""``rts estimate``: measured throughput -> projected GPU hours and cost.
 
 Inputs are per-GPU throughputs (training images/s from ``rts profile``, inference forwards/s), the
 run settings in ``params.yaml`` and a price per GPU-hour. Outputs: one training run (at
 ``train.max_epochs`` and at an *expected* epoch count, since early stopping usually ends a run
-sooner), the experiment matrix of guide 11.4, the final seeds, pan-Arctic inference, and the total
-against the guide 14.3 budget. Every assumption is an argument with a documented default
-(``docs/compute.md``).
+sooner), the planned experiment matrix, the final seeds, pan-Arctic inference, and the total
+against the project budget and its allocations. Every assumption is an argument with a documented
+default (``docs/compute.md``).
 
 Training arithmetic (same rule as :mod:`rts.data.sampler`): with balanced batches, a batch holds
 ``round(batch x pos_fraction)`` positives and the rest negatives; an epoch draws
@@ -21,7 +21,6 @@ window is resized to the tile size first) and per TTA view.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -30,23 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rts.config import ConfigError, Params, SamplerConfig, load_params
-from rts.data.sampler import curriculum_ratio
-from rts.io import PIXEL_SIZE_M, write_json_atomic
+from rts.config import ConfigError, Params, SamplerConfig
+from rts.data.sampler import curriculum_ratio, epoch_steps, negatives_per_batch
+from rts.errors import DataError
+from rts.io import PIXEL_SIZE_M
 
 log = logging.getLogger(__name__)
 
-# Guide 14.1 prices a 50-100 h row at $5,000-10,000: $100 per 8xH100 node-hour = $12.50 per GPU-hour.
+# The budget prices 50-100 node-hours at $5,000-10,000: $100 per 8xH100 node-hour = $12.50 per GPU-hour.
 DEFAULT_PRICE_PER_GPU_HOUR = 12.5
 # Northern-hemisphere permafrost region, all zones (IPA map, Brown et al. 1997, tabulated by
 # Zhang et al. 2008): 22.79 million km^2 -> 9.66 M tile locations of 2.36 km^2, inside the
 # 8-10 M locations of the inference plan.
 DEFAULT_AREA_KM2 = 22.79e6
-# Guide 14.3.
+# The project budget: $70,000 in all, $25,000 for training experiments, $35,000 for pan-Arctic
+# inference; the rest ($10,000) is the buffer for reruns.
 DEFAULT_BUDGET = 70_000.0
 DEFAULT_TRAINING_ALLOCATION = 25_000.0
 DEFAULT_INFERENCE_ALLOCATION = 35_000.0
-# Real dataset: ~2-3k positive, ~20-25k negative tiles; train holds 80% (data-format.md).
+# Real dataset: ~2-3k positive, ~20-25k negative tiles, of which the train split holds 80%.
 DEFAULT_N_POS = 2000
 DEFAULT_N_NEG = 18000
 # val-balanced 250 + 250 and val-realistic 250 positives + 2,250 negatives (10% of each class).
@@ -58,12 +59,12 @@ DEFAULT_SCALING_EFFICIENCY = 0.9
 # A forward pass costs about a third of forward + backward + optimizer step.
 DEFAULT_INFER_TRAIN_SPEED_RATIO = 3.0
 
-# Guide 11.4 experiment matrix: runs per phase (the ratio phase is listed separately because each
+# The planned experiment matrix: runs per phase (the ratio phase is listed separately because each
 # of its runs has its own epoch size).
 DEFAULT_RUNS: dict[str, int] = {"baseline": 1, "losses": 2, "loss_tuning": 0, "architectures": 3, "auxiliary": 3, "fusion": 2}
 DEFAULT_RATIO_RUNS: tuple[str, ...] = ("20", "50", "curriculum")
 DEFAULT_SEEDS = 3
-# Guide 14.1 rows -> phases.
+# Rows of the cost table -> the phases each row sums.
 TABLE_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Baseline + ablations", ("baseline", "losses", "loss_tuning", "ratios")),
     ("Architecture experiments", ("architectures",)),
@@ -73,7 +74,7 @@ TABLE_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 TTA_VIEWS = {"none": 1, "minimal": 2, "standard": 4, "full": 8}  # rts.inference.tta.TTA_SETTINGS sizes
 
 
-class EstimateError(ValueError):
+class EstimateError(DataError):
     """An input of the estimate is missing or inconsistent."""
 
 
@@ -114,10 +115,8 @@ def steps_per_epoch(*, n_pos: int, batch_size: int, world_size: int, ratio: floa
         balanced: Balanced sampling (False: every batch slot counts as a negative slot).
         fixed_steps: ``train.steps_per_epoch`` (0 = derived).
     """
-    if fixed_steps:
-        return fixed_steps
-    n_neg_batch = batch_size - round(batch_size * pos_fraction) if balanced else batch_size
-    return max(1, math.ceil(ratio * n_pos / (n_neg_batch * world_size)))
+    return epoch_steps(ratio=ratio, n_pos=n_pos, n_neg_batch=negatives_per_batch(batch_size, pos_fraction, balanced),
+                       world_size=world_size, fixed_steps=fixed_steps)
 
 
 def epoch_ratios(sampler: SamplerConfig, epochs: int) -> list[float]:
@@ -219,6 +218,125 @@ def _status(low: float, high: float, allocation: float) -> str:
     return "OK"
 
 
+def _phase_counts(runs: dict[str, int] | None) -> dict[str, int]:
+    """Runs per experiment phase: :data:`DEFAULT_RUNS` overridden by the valid entries of ``runs``."""
+    counts = dict(DEFAULT_RUNS)
+    for key, value in (runs or {}).items():
+        if key not in DEFAULT_RUNS:
+            raise EstimateError(f"--runs: unknown phase {key!r}; valid phases: {', '.join(DEFAULT_RUNS)}")
+        if value < 0:
+            raise EstimateError(f"--runs {key}={value}: must be >= 0")
+        counts[key] = value
+    return counts
+
+
+def _phase_cost(n: int, run: dict[str, Any], detail: str) -> dict[str, Any]:
+    """Node and GPU hours (expected, max) of a phase of ``n`` runs that each cost ``run``."""
+    return {
+        "runs": n, "detail": detail,
+        "node_hours": {k: n * run[k]["node_hours"] for k in ("expected", "max")},
+        "gpu_hours": {k: n * run[k]["gpu_hours"] for k in ("expected", "max")},
+    }
+
+
+def _ratio_phase(params: Params, ratio_runs: tuple[str, ...], common: dict[str, Any]) -> dict[str, Any]:
+    """Node and GPU hours of the ratio ablation: one training run per ratio, each at its own epoch size."""
+    ratio_detail = []
+    ratio_hours = {"expected": 0.0, "max": 0.0}
+    ratio_gpu = {"expected": 0.0, "max": 0.0}
+    for name in ratio_runs:
+        run = training_run(ratio_variant(params, name), **common)
+        ratio_detail.append({"ratio": name, "node_hours": {k: run[k]["node_hours"] for k in ("expected", "max")}})
+        for k in ratio_hours:
+            ratio_hours[k] += run[k]["node_hours"]
+            ratio_gpu[k] += run[k]["gpu_hours"]
+    return {"runs": len(ratio_runs), "detail": ratio_detail, "node_hours": ratio_hours, "gpu_hours": ratio_gpu}
+
+
+def _training_phases(params: Params, base_run: dict[str, Any], counts: dict[str, int], ratio_runs: tuple[str, ...],
+                     seeds: int, common: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Cost of every phase of the experiment matrix and the final seeds, in table order."""
+    return {
+        "baseline": _phase_cost(counts["baseline"], base_run, "RGB baseline of params.yaml"),
+        "losses": _phase_cost(counts["losses"], base_run, "Tversky, class-balanced CE"),
+        "loss_tuning": _phase_cost(counts["loss_tuning"], base_run, "optional loss hyper-parameter grid"),
+        "ratios": _ratio_phase(params, ratio_runs, common),
+        "architectures": _phase_cost(counts["architectures"], base_run, "DeepLabV3+, SegFormer, SAM (baseline cost assumed)"),
+        "auxiliary": _phase_cost(counts["auxiliary"], base_run, "RGB+NDVI, RGB+DEM, RGB+NDVI+DEM"),
+        "fusion": _phase_cost(counts["fusion"], base_run, "early, late fusion"),
+        "final_seeds": _phase_cost(seeds, base_run, "final model, seeds 42, 43, 44..."),
+    }
+
+
+def _sampling_notes(params: Params, n_pos: int, n_neg: int) -> list[str]:
+    """Notes on the training sampling: whether an epoch must draw some negative tiles more than once."""
+    notes = []
+    if params.sampler.train_ratio * n_pos > n_neg:
+        notes.append(f"train_ratio {params.sampler.train_ratio:g} x n_pos {n_pos} > n_neg {n_neg}: negatives repeat within an epoch")
+    return notes
+
+
+def _pan_arctic_inference(params: Params, *, throughput: Throughput, area_km2: float, stride: int | None,
+                          scales: tuple[float, ...] | None, tta: str | None, gpus_per_node: int,
+                          price_per_gpu_hour: float) -> dict[str, Any]:
+    """Inference projection over ``area_km2`` with its settings (None: from ``params``) and its cost."""
+    tile = params.data.tile_size
+    scales = tuple(scales if scales is not None else params.evaluate.scales)
+    tta = tta if tta is not None else params.evaluate.tta
+    if tta not in TTA_VIEWS:
+        raise EstimateError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_VIEWS)}")
+    inference = inference_projection(area_km2=area_km2, tile_size=tile, stride=stride or tile // 2, n_scales=len(scales),
+                                     tta_views=TTA_VIEWS[tta], infer_tiles_per_s=throughput.infer_tiles_per_s,
+                                     gpus_per_node=gpus_per_node)
+    inference.update(scales=list(scales), tta=tta, cost=inference["gpu_hours"] * price_per_gpu_hour)
+    return inference
+
+
+def _table_rows(phases: dict[str, dict[str, Any]], seeds: int, gpus_per_node: int,
+                price_per_gpu_hour: float) -> list[dict[str, Any]]:
+    """Training rows of the cost table: runs, node hours and cost summed over each row's phases."""
+    rows = []
+    for label, keys in TABLE_ROWS:
+        nh = {k: sum(phases[p]["node_hours"][k] for p in keys) for k in ("expected", "max")}
+        rows.append({"stage": label.format(seeds=seeds), "phases": list(keys), "runs": sum(phases[p]["runs"] for p in keys),
+                     "node_hours": nh, "cost": {k: v * gpus_per_node * price_per_gpu_hour for k, v in nh.items()}})
+    return rows
+
+
+def _training_and_grand_totals(rows: list[dict[str, Any]], inference: dict[str, Any], gpus_per_node: int,
+                               price_per_gpu_hour: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Training total (node hours, GPU hours, cost) over the table rows, and the total with inference."""
+    train_nh = {k: sum(r["node_hours"][k] for r in rows) for k in ("expected", "max")}
+    train_cost = {k: v * gpus_per_node * price_per_gpu_hour for k, v in train_nh.items()}
+    total_cost = {k: train_cost[k] + inference["cost"] for k in ("expected", "max")}
+    training_total = {"node_hours": train_nh, "gpu_hours": {k: v * gpus_per_node for k, v in train_nh.items()}, "cost": train_cost}
+    total = {"node_hours": {k: train_nh[k] + inference["node_hours"] for k in ("expected", "max")}, "cost": total_cost}
+    return training_total, total
+
+
+def _budget_comparison(train_cost: dict[str, float], inference_cost: float, total_cost: dict[str, float], *,
+                       budget: float, training_allocation: float, inference_allocation: float) -> dict[str, Any]:
+    """Projected cost against each allocation of the budget, with a status, and the buffer left."""
+    buffer_alloc = budget - training_allocation - inference_allocation
+    if buffer_alloc < 0:
+        raise EstimateError(f"--budget {budget:g} is smaller than the training + inference allocations {training_allocation + inference_allocation:g}")
+    return {
+        "training": {"allocation": training_allocation, "cost": train_cost, "status": _status(train_cost["expected"], train_cost["max"], training_allocation)},
+        "inference": {"allocation": inference_allocation, "cost": inference_cost, "status": _status(inference_cost, inference_cost, inference_allocation)},
+        "buffer": {"allocation": buffer_alloc, "left": {k: budget - total_cost[k] for k in ("expected", "max")}},
+        "total": {"allocation": budget, "cost": total_cost, "status": _status(total_cost["expected"], total_cost["max"], budget)},
+    }
+
+
+def _budget_warnings(comparison: dict[str, Any]) -> list[str]:
+    """One warning per budget category whose projected cost is over or at risk of its allocation."""
+    warnings = []
+    for name in ("training", "inference", "total"):
+        if comparison[name]["status"] != "OK":
+            warnings.append(f"{name}: projected cost {comparison[name]['status']} its allocation of ${comparison[name]['allocation']:,.0f}")
+    return warnings
+
+
 def estimate(
     params: Params,
     *,
@@ -257,7 +375,8 @@ def estimate(
         seeds: Final-model seeds.
         area_km2, stride, scales, tta: Inference area and settings (None: tile_size / 2 and
             ``evaluate.scales`` / ``evaluate.tta``).
-        budget, training_allocation, inference_allocation: Guide 14.3 (the buffer is the rest).
+        budget, training_allocation, inference_allocation: USD of the whole budget and of its training
+            and inference shares (the buffer for reruns is the rest).
         gpu_name: Label of the table header.
 
     Returns:
@@ -265,95 +384,29 @@ def estimate(
     """
     if price_per_gpu_hour <= 0 or gpus_per_node < 1 or nodes < 1 or seeds < 0:
         raise EstimateError(f"need price > 0, gpus per node >= 1, nodes >= 1, seeds >= 0; got {price_per_gpu_hour}, {gpus_per_node}, {nodes}, {seeds}")
-    counts = dict(DEFAULT_RUNS)
-    for key, value in (runs or {}).items():
-        if key not in DEFAULT_RUNS:
-            raise EstimateError(f"--runs: unknown phase {key!r}; valid phases: {', '.join(DEFAULT_RUNS)}")
-        if value < 0:
-            raise EstimateError(f"--runs {key}={value}: must be >= 0")
-        counts[key] = value
-    world = gpus_per_node * nodes
-    warnings: list[str] = []  # budget flags
-    notes: list[str] = []  # facts worth knowing that are not problems
-    common = dict(n_pos=n_pos, world_size=world, gpus_per_node=gpus_per_node, throughput=throughput,
+    counts = _phase_counts(runs)
+    common = dict(n_pos=n_pos, world_size=gpus_per_node * nodes, gpus_per_node=gpus_per_node, throughput=throughput,
                   val_tiles=val_tiles, expected_epoch_fraction=expected_epoch_fraction)
     base_run = training_run(params, **common)
-    phases: dict[str, dict[str, Any]] = {}
-
-    def add_phase(name: str, n: int, run: dict[str, Any], detail: str) -> None:
-        phases[name] = {
-            "runs": n, "detail": detail,
-            "node_hours": {k: n * run[k]["node_hours"] for k in ("expected", "max")},
-            "gpu_hours": {k: n * run[k]["gpu_hours"] for k in ("expected", "max")},
-        }
-
-    add_phase("baseline", counts["baseline"], base_run, "RGB baseline of params.yaml")
-    add_phase("losses", counts["losses"], base_run, "Tversky, class-balanced CE")
-    add_phase("loss_tuning", counts["loss_tuning"], base_run, "optional loss hyper-parameter grid")
-    ratio_detail = []
-    ratio_hours = {"expected": 0.0, "max": 0.0}
-    ratio_gpu = {"expected": 0.0, "max": 0.0}
-    for name in ratio_runs:
-        run = training_run(ratio_variant(params, name), **common)
-        ratio_detail.append({"ratio": name, "node_hours": {k: run[k]["node_hours"] for k in ("expected", "max")}})
-        for k in ratio_hours:
-            ratio_hours[k] += run[k]["node_hours"]
-            ratio_gpu[k] += run[k]["gpu_hours"]
-    phases["ratios"] = {"runs": len(ratio_runs), "detail": ratio_detail, "node_hours": ratio_hours, "gpu_hours": ratio_gpu}
-    add_phase("architectures", counts["architectures"], base_run, "DeepLabV3+, SegFormer, SAM (baseline cost assumed)")
-    add_phase("auxiliary", counts["auxiliary"], base_run, "RGB+NDVI, RGB+DEM, RGB+NDVI+DEM")
-    add_phase("fusion", counts["fusion"], base_run, "early, late fusion")
-    add_phase("final_seeds", seeds, base_run, "final model, seeds 42, 43, 44...")
-
-    if params.sampler.train_ratio * n_pos > n_neg:
-        notes.append(f"train_ratio {params.sampler.train_ratio:g} x n_pos {n_pos} > n_neg {n_neg}: negatives repeat within an epoch")
-
-    tile = params.data.tile_size
-    scales = tuple(scales if scales is not None else params.evaluate.scales)
-    tta = tta if tta is not None else params.evaluate.tta
-    if tta not in TTA_VIEWS:
-        raise EstimateError(f"--tta: unknown {tta!r}; valid: {', '.join(TTA_VIEWS)}")
-    inference = inference_projection(area_km2=area_km2, tile_size=tile, stride=stride or tile // 2, n_scales=len(scales),
-                                     tta_views=TTA_VIEWS[tta], infer_tiles_per_s=throughput.infer_tiles_per_s,
-                                     gpus_per_node=gpus_per_node)
-    inference.update(scales=list(scales), tta=tta, cost=inference["gpu_hours"] * price_per_gpu_hour)
-
-    rows = []
-    for label, keys in TABLE_ROWS:
-        nh = {k: sum(phases[p]["node_hours"][k] for p in keys) for k in ("expected", "max")}
-        rows.append({"stage": label.format(seeds=seeds), "phases": list(keys), "runs": sum(phases[p]["runs"] for p in keys),
-                     "node_hours": nh, "cost": {k: v * gpus_per_node * price_per_gpu_hour for k, v in nh.items()}})
-    train_nh = {k: sum(r["node_hours"][k] for r in rows) for k in ("expected", "max")}
-    train_cost = {k: v * gpus_per_node * price_per_gpu_hour for k, v in train_nh.items()}
-    total_cost = {k: train_cost[k] + inference["cost"] for k in ("expected", "max")}
-    buffer_alloc = budget - training_allocation - inference_allocation
-    if buffer_alloc < 0:
-        raise EstimateError(f"--budget {budget:g} is smaller than the training + inference allocations {training_allocation + inference_allocation:g}")
-    comparison = {
-        "training": {"allocation": training_allocation, "cost": train_cost, "status": _status(train_cost["expected"], train_cost["max"], training_allocation)},
-        "inference": {"allocation": inference_allocation, "cost": inference["cost"], "status": _status(inference["cost"], inference["cost"], inference_allocation)},
-        "buffer": {"allocation": buffer_alloc, "left": {k: budget - total_cost[k] for k in ("expected", "max")}},
-        "total": {"allocation": budget, "cost": total_cost, "status": _status(total_cost["expected"], total_cost["max"], budget)},
+    phases = _training_phases(params, base_run, counts, ratio_runs, seeds, common)
+    notes = _sampling_notes(params, n_pos, n_neg)  # facts worth knowing that are not problems
+    inference = _pan_arctic_inference(params, throughput=throughput, area_km2=area_km2, stride=stride, scales=scales, tta=tta,
+                                      gpus_per_node=gpus_per_node, price_per_gpu_hour=price_per_gpu_hour)
+    rows = _table_rows(phases, seeds, gpus_per_node, price_per_gpu_hour)
+    training_total, total = _training_and_grand_totals(rows, inference, gpus_per_node, price_per_gpu_hour)
+    comparison = _budget_comparison(training_total["cost"], inference["cost"], total["cost"], budget=budget,
+                                    training_allocation=training_allocation, inference_allocation=inference_allocation)
+    assumptions = {
+        "price_per_gpu_hour": price_per_gpu_hour, "gpu_name": gpu_name, "gpus_per_node": gpus_per_node, "nodes": nodes,
+        "train_images_per_s_per_gpu": throughput.train_images_per_s, "infer_tiles_per_s_per_gpu": throughput.infer_tiles_per_s,
+        "scaling_efficiency": throughput.scaling_efficiency, "n_pos": n_pos, "n_neg": n_neg, "val_tiles": val_tiles,
+        "expected_epoch_fraction": expected_epoch_fraction, "runs": counts, "ratio_runs": list(ratio_runs), "seeds": seeds,
+        "max_epochs": params.train.max_epochs, "batch_size": params.train.batch_size, "train_ratio": params.sampler.train_ratio,
     }
-    for name in ("training", "inference", "total"):
-        if comparison[name]["status"] != "OK":
-            warnings.append(f"{name}: projected cost {comparison[name]['status']} its allocation of ${comparison[name]['allocation']:,.0f}")
     return {
-        "assumptions": {
-            "price_per_gpu_hour": price_per_gpu_hour, "gpu_name": gpu_name, "gpus_per_node": gpus_per_node, "nodes": nodes,
-            "train_images_per_s_per_gpu": throughput.train_images_per_s, "infer_tiles_per_s_per_gpu": throughput.infer_tiles_per_s,
-            "scaling_efficiency": throughput.scaling_efficiency, "n_pos": n_pos, "n_neg": n_neg, "val_tiles": val_tiles,
-            "expected_epoch_fraction": expected_epoch_fraction, "runs": counts, "ratio_runs": list(ratio_runs), "seeds": seeds,
-            "max_epochs": params.train.max_epochs, "batch_size": params.train.batch_size, "train_ratio": params.sampler.train_ratio,
-        },
-        "training_run": base_run,
-        "phases": phases,
-        "rows": rows,
-        "training_total": {"node_hours": train_nh, "gpu_hours": {k: v * gpus_per_node for k, v in train_nh.items()}, "cost": train_cost},
-        "inference": inference,
-        "total": {"node_hours": {k: train_nh[k] + inference["node_hours"] for k in ("expected", "max")}, "cost": total_cost},
-        "budget": comparison,
-        "warnings": warnings,
+        "assumptions": assumptions, "training_run": base_run, "phases": phases, "rows": rows, "training_total": training_total,
+        "inference": inference, "total": total, "budget": comparison,
+        "warnings": _budget_warnings(comparison),  # budget flags
         "notes": notes,
     }
 
@@ -367,7 +420,7 @@ def _range(low: float, high: float, fmt: str, prefix: str = "") -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """Markdown table in the guide's 14.1 format (expected–max per row), then the 14.3 comparison."""
+    """Markdown cost table (node hours and cost, expected–max per row), then the budget comparison."""
     a = result["assumptions"]
     lines = [
         f"| Stage | GPU Hours ({a['gpus_per_node']}×{a['gpu_name']}) | Estimated Cost |",
@@ -442,83 +495,3 @@ def read_profile(path: str | Path) -> dict[str, Any]:
         "train_images_per_s": float(trial["images_per_s"]), "batch_size": int(chosen), "tile_size": config.get("tile_size"),
         "device": data.get("device"), "device_name": data.get("device_name"), "amp_dtype": config.get("amp_dtype"),
     }
-
-
-# ------------------------------------------------------------------------------ command line
-
-
-def _parse_runs(items: list[str]) -> dict[str, int]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise EstimateError(f"--runs {item!r}: expected PHASE=N with N >= 0; phases: {', '.join(DEFAULT_RUNS)}")
-        out[key.strip()] = int(value)
-    return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    speed = parser.add_mutually_exclusive_group(required=True)
-    speed.add_argument("--train-images-per-s", type=float, help="training images per second on one GPU")
-    speed.add_argument("--profile", type=Path, help="`rts profile` JSON (its chosen batch's images/s)")
-    parser.add_argument("--infer-tiles-per-s", type=float, default=None,
-                        help=f"forwards (tile x scale x view) per second on one GPU (default {DEFAULT_INFER_TRAIN_SPEED_RATIO:g} x training images/s)")
-    parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--nodes", type=int, default=1, help="training nodes (world size = nodes x gpus per node)")
-    parser.add_argument("--gpu-name", default="H100", help="label of the table header")
-    parser.add_argument("--price-per-gpu-hour", type=float, default=DEFAULT_PRICE_PER_GPU_HOUR,
-                        help=f"USD (default {DEFAULT_PRICE_PER_GPU_HOUR:g}: guide 14.1's $100 per 8xH100 node-hour)")
-    parser.add_argument("--scaling-efficiency", type=float, default=DEFAULT_SCALING_EFFICIENCY, help="multi-GPU training efficiency")
-    parser.add_argument("--n-pos", type=int, default=DEFAULT_N_POS, help="positive training tiles")
-    parser.add_argument("--n-neg", type=int, default=DEFAULT_N_NEG, help="negative training tiles")
-    parser.add_argument("--val-tiles", type=int, default=DEFAULT_VAL_TILES, help="tiles forwarded per validation")
-    parser.add_argument("--expected-epoch-fraction", type=float, default=DEFAULT_EXPECTED_EPOCH_FRACTION,
-                        help="share of train.max_epochs an early-stopped run trains")
-    parser.add_argument("--runs", nargs="*", default=[], metavar="PHASE=N",
-                        help=f"runs per phase, defaults {' '.join(f'{k}={v}' for k, v in DEFAULT_RUNS.items())}")
-    parser.add_argument("--ratio-runs", nargs="*", default=list(DEFAULT_RATIO_RUNS), help="ratio-ablation runs: ratios or 'curriculum'")
-    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="final-model seeds")
-    parser.add_argument("--area-km2", type=float, default=DEFAULT_AREA_KM2, help="inference area (default: northern permafrost region)")
-    parser.add_argument("--stride", type=int, default=None, help="inference stride in px (default tile_size / 2)")
-    parser.add_argument("--scales", type=float, nargs="+", default=None, help="inference scales (default evaluate.scales)")
-    parser.add_argument("--tta", choices=list(TTA_VIEWS), default=None, help="inference TTA (default evaluate.tta)")
-    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
-    parser.add_argument("--training-allocation", type=float, default=DEFAULT_TRAINING_ALLOCATION)
-    parser.add_argument("--inference-allocation", type=float, default=DEFAULT_INFERENCE_ALLOCATION)
-    parser.add_argument("--json", type=Path, default=None, help="write the projection JSON here")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        params = load_params(args.params)
-        train_speed = args.train_images_per_s
-        if args.profile is not None:
-            prof = read_profile(args.profile)
-            train_speed = prof["train_images_per_s"]
-            if prof["device"] is not None and not str(prof["device"]).startswith("cuda"):
-                log.warning("%s was measured on %s, not a GPU: the projection is not a GPU estimate", args.profile, prof["device"])
-            if prof["tile_size"] != params.data.tile_size:
-                log.warning("%s: profiled tile size %s != data.tile_size %d", args.profile, prof["tile_size"], params.data.tile_size)
-            if prof["batch_size"] != params.train.batch_size:
-                log.warning("%s: profiled batch %d != train.batch_size %d; set train.batch_size: %d in params.yaml",
-                            args.profile, prof["batch_size"], params.train.batch_size, prof["batch_size"])
-        infer = args.infer_tiles_per_s if args.infer_tiles_per_s is not None else DEFAULT_INFER_TRAIN_SPEED_RATIO * train_speed
-        result = estimate(
-            params, throughput=Throughput(train_speed, infer, args.scaling_efficiency),
-            price_per_gpu_hour=args.price_per_gpu_hour, gpus_per_node=args.gpus_per_node, nodes=args.nodes,
-            n_pos=args.n_pos, n_neg=args.n_neg, val_tiles=args.val_tiles, expected_epoch_fraction=args.expected_epoch_fraction,
-            runs=_parse_runs(args.runs), ratio_runs=tuple(args.ratio_runs), seeds=args.seeds, area_km2=args.area_km2,
-            stride=args.stride, scales=tuple(args.scales) if args.scales else None, tta=args.tta, budget=args.budget,
-            training_allocation=args.training_allocation, inference_allocation=args.inference_allocation, gpu_name=args.gpu_name,
-        )
-    except (EstimateError, ConfigError) as e:
-        log.error("%s", e)
-        return 2
-    if args.profile is not None:
-        result["assumptions"]["profile"] = {"path": str(args.profile), **prof}
-    print(format_table(result))
-    if args.json is not None:
-        write_json_atomic(args.json, result)
-        log.info("wrote %s", args.json)
-    return 0

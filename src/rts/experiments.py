@@ -1,4 +1,4 @@
-"""The guide's experiment matrix (11.4) as DVC queue grids, and multi-seed aggregation (12.1)."""
+"""The experiment matrix (losses, ratios, architectures, auxiliary data) as DVC queue grids, and multi-seed aggregation."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ ORDER = ("baseline", "losses", "ratios", "architectures", "auxiliary", "fusion")
 
 
 def queue_commands(phase: str, base: Sequence[str] = ()) -> list[list[str]]:
-    """``dvc exp run --queue`` argument lists for a phase (``all`` = the guide's order)."""
+    """``dvc exp run --queue`` argument lists for a phase (``all`` = every phase in order)."""
     phases = ORDER if phase == "all" else (phase,)
     out = []
     for name in phases:
@@ -57,7 +57,7 @@ def numeric_leaves(d: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def aggregate_seeds(results: Mapping[int, Mapping]) -> dict[str, dict]:
-    """mean, std (population, as the guide's ``np.std``) and values of every numeric metric.
+    """mean, std (population, ``np.std``) and values of every numeric metric.
 
     ``results`` maps seed -> metrics dict (nested). A metric missing or undefined (None) in some
     seed is aggregated over the seeds that have it, and ``n`` says how many.
@@ -75,7 +75,7 @@ def aggregate_seeds(results: Mapping[int, Mapping]) -> dict[str, dict]:
 
 
 def seeds_table(summary: Mapping[str, dict], keys: Sequence[str] | None = None) -> str:
-    """Markdown in the guide's report format: ``IoU_RTS: 0.723 ± 0.012``."""
+    """Markdown in the report format ``IoU_RTS: 0.723 ± 0.012``."""
     lines = ["| metric | mean ± std | n |", "|---|---|---|"]
     for k in keys or summary:
         if k in summary:

@@ -1,6 +1,6 @@
 """Raster and file I/O shared by every part of the project.
 
-The dataset format (``../shared/spec/data-format.md``) is fixed: GeoTIFF, LZW, EPSG:3413, ~3 m
+The dataset format is fixed: GeoTIFF, LZW, EPSG:3413, ~3 m
 pixels; RGB uint8 (3 bands), EXTRA float32 (ndvi, nir, re, sr), labels uint8 {0, 1, 255}. All
 writes go to a temporary file in the destination folder and are renamed into place, so a killed
 process never leaves a half-written file behind.

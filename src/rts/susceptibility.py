@@ -1,4 +1,4 @@
-"""Two-stage fallback (guide 13): confine detections to RTS-susceptible terrain.
+"""Two-stage fallback: confine detections to RTS-susceptible terrain.
 
 A *susceptibility layer* is a one-band GeoTIFF (or VRT) of RTS likelihood in [0, 1], at any
 resolution and in any CRS. It is resampled (bilinear) onto each tile's or block's 3 m grid.
@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from rts.io import CRS, PIXEL_SIZE_M
+from rts.io import (
+    CRS,
+    LABEL_DIR,
+    PIXEL_SIZE_M,
+    tile_paths,
+    write_geotiff,
+    write_text_atomic,
+)
+from rts.errors import ConfigError, DataError
+from rts.metrics.keys import object_key, ratio_key
 
 EIGHT = np.ones((3, 3), bool)
 
@@ -42,8 +51,8 @@ class SusceptibilityLayer:
         min_likelihood: Pixels whose likelihood is below this are masked.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: the raster has no CRS or more than one band, or ``min_likelihood`` is not in [0, 1].
+        DataError: ``path`` does not exist, or the raster has no CRS or more than one band.
+        ConfigError: ``min_likelihood`` is not in [0, 1].
     """
 
     def __init__(self, path: str | os.PathLike, min_likelihood: float):
@@ -51,17 +60,17 @@ class SusceptibilityLayer:
 
         self.path = Path(path)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: susceptibility layer not found (params susceptibility.path)")
+            raise DataError(f"{self.path}: susceptibility layer not found; fix susceptibility.path (or --susceptibility), or set it to null")
         if not 0.0 <= float(min_likelihood) <= 1.0:
-            raise ValueError(f"susceptibility min_likelihood must be in [0, 1], got {min_likelihood}")
+            raise ConfigError(f"susceptibility.min_likelihood: must be in [0, 1], got {min_likelihood}")
         self.min_likelihood = float(min_likelihood)
         self._src = rasterio.open(self.path)
         if self._src.crs is None:
             self._src.close()
-            raise ValueError(f"{self.path}: susceptibility layer has no CRS; expected a georeferenced raster (EPSG:3413 or any CRS)")
+            raise DataError(f"{self.path}: susceptibility layer has no CRS; expected a georeferenced raster (EPSG:3413 or any CRS)")
         if self._src.count != 1:
             self._src.close()
-            raise ValueError(f"{self.path}: susceptibility layer has {self._src.count} bands; expected 1 band of likelihood in [0, 1]")
+            raise DataError(f"{self.path}: susceptibility layer has {self._src.count} bands; expected 1 band of likelihood in [0, 1]")
 
     def __enter__(self) -> "SusceptibilityLayer":
         return self
@@ -92,7 +101,7 @@ class SusceptibilityLayer:
             crs: CRS of the target grid.
 
         Raises:
-            ValueError: the layer holds values outside [0, 1] in this window.
+            DataError: the layer holds values outside [0, 1] in this window.
         """
         from rasterio.warp import Resampling, reproject
 
@@ -107,7 +116,7 @@ class SusceptibilityLayer:
         )
         finite = out[np.isfinite(out)]
         if finite.size and (finite.min() < -1e-6 or finite.max() > 1 + 1e-6):
-            raise ValueError(f"{self.path}: likelihood values in [{finite.min():g}, {finite.max():g}]; expected [0, 1]")
+            raise DataError(f"{self.path}: likelihood values in [{finite.min():g}, {finite.max():g}]; expected [0, 1]")
         return out
 
     def _src_band(self):
@@ -129,8 +138,6 @@ def tile_grid(root: str | os.PathLike, tile_id: str) -> tuple[Any, tuple[int, in
     """(transform, (height, width), crs) of a dataset tile, from its RGB file."""
     import rasterio
 
-    from rts.io import tile_paths
-
     with rasterio.open(tile_paths(root, tile_id)["rgb"]) as src:
         return src.transform, (src.height, src.width), src.crs
 
@@ -138,6 +145,73 @@ def tile_grid(root: str | os.PathLike, tile_id: str) -> tuple[Any, tuple[int, in
 def open_layer(path: str | os.PathLike | None, min_likelihood: float) -> SusceptibilityLayer | None:
     """The layer of a ``susceptibility`` params section, or None when ``path`` is null (filter off)."""
     return None if path in (None, "") else SusceptibilityLayer(path, min_likelihood)
+
+
+class SusceptibilityFilter:
+    """The two-stage filter as the one object evaluation, calibration and ``rts predict`` apply.
+
+    Built once: from the ``susceptibility`` params (:meth:`from_params`) in the stages, from
+    ``--susceptibility`` / ``--min-likelihood`` in ``rts predict`` (:meth:`open`). Off (no layer) it
+    keeps every pixel, skips no pass and removes nothing, so the callers apply it unconditionally;
+    :attr:`enabled` says only whether there is a filter to report on.
+    """
+
+    def __init__(self, layer: SusceptibilityLayer | None = None) -> None:
+        self.layer = layer
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None, min_likelihood: float) -> "SusceptibilityFilter":
+        return cls(open_layer(path, min_likelihood))
+
+    @classmethod
+    def from_params(cls, cfg: Any) -> "SusceptibilityFilter":
+        """From a ``susceptibility`` params section (``path`` null: off)."""
+        return cls.open(cfg.path, cfg.min_likelihood)
+
+    @classmethod
+    def of(cls, value: "SusceptibilityFilter | SusceptibilityLayer | None") -> "SusceptibilityFilter":
+        """``value`` as a filter: a filter as it is, a bare layer wrapped, None off."""
+        return value if isinstance(value, SusceptibilityFilter) else cls(value)
+
+    @property
+    def enabled(self) -> bool:
+        return self.layer is not None
+
+    def describe(self) -> dict[str, Any] | None:
+        return None if self.layer is None else self.layer.describe()
+
+    def own_copy(self) -> "SusceptibilityFilter":
+        """The same filter on its own file handle (for a thread that runs beside this one)."""
+        return SusceptibilityFilter(None if self.layer is None else SusceptibilityLayer(self.layer.path, self.layer.min_likelihood))
+
+    def close(self) -> None:
+        if self.layer is not None:
+            self.layer.close()
+
+    def filter_tile(self, root: str | os.PathLike, tile_id: str, prob: np.ndarray, *, threshold: float,
+                    min_object_px: int) -> tuple[np.ndarray, FilterStats]:
+        """``prob * keep`` on a dataset tile, and what the filter removed at ``threshold``."""
+        if self.layer is None:
+            return prob, FilterStats()
+        likelihood = self.layer.likelihood(*tile_grid(root, tile_id))
+        return filter_probabilities(prob, likelihood, self.layer.min_likelihood, threshold, min_object_px=min_object_px)
+
+    def keep_tile(self, root: str | os.PathLike, tile_id: str, prob: np.ndarray) -> np.ndarray:
+        """``prob * keep`` on a dataset tile (the probabilities calibration chooses thresholds on)."""
+        return prob if self.layer is None else np.where(self.layer.tile_mask(root, tile_id), prob, 0.0)
+
+    def block_keep(self, region: Any, r: int, c: int, h: int, w: int) -> np.ndarray | None:
+        """Keep mask of a block of a predict region's output grid (None: off, all kept)."""
+        return None if self.layer is None else block_keep(self.layer, region, r, c, h, w)
+
+    def filter_block(self, region: Any, r: int, c: int, h: int, w: int, prob: np.ndarray) -> np.ndarray:
+        """``prob * keep`` of a block of a predict region's output grid."""
+        keep = self.block_keep(region, r, c, h, w)
+        return prob if keep is None else np.where(keep, prob, np.float32(0))
+
+    def masked_passes(self, region: Any, tiles: list, tile_size: int) -> list:
+        """The passes whose whole output window is masked: running them would change no kept pixel."""
+        return [] if self.layer is None else [t for t in tiles if pass_masked(self.layer, region, t, tile_size)]
 
 
 def keep_mask(likelihood: np.ndarray, min_likelihood: float) -> np.ndarray:
@@ -226,7 +300,7 @@ def filter_probabilities(prob: np.ndarray, likelihood: np.ndarray, min_likelihoo
 
 
 def comparison(without: dict, with_filter: dict, stats_by_class: dict[str, FilterStats], ratios: list[int], primary_iou: float,
-               layer: SusceptibilityLayer, threshold: float) -> dict[str, Any]:
+               layer: "SusceptibilityLayer | SusceptibilityFilter", threshold: float) -> dict[str, Any]:
     """The ``susceptibility`` entry of metrics/evaluate.json: removals and P/R with and without.
 
     ``without``/``with_filter`` are the flat per-ratio summaries (``evaluation.flat_summary``).
@@ -234,13 +308,12 @@ def comparison(without: dict, with_filter: dict, stats_by_class: dict[str, Filte
     total = FilterStats()
     for s in stats_by_class.values():
         total += s
-    obj = f"obj_iou{primary_iou:g}"
-    keys = {"object_precision": f"{obj}_precision", "object_recall": f"{obj}_recall",
+    keys = {"object_precision": object_key(primary_iou, "precision"), "object_recall": object_key(primary_iou, "recall"),
             "pixel_precision": "precision", "pixel_recall": "recall", "pr_auc": "pr_auc"}
     per_ratio = {}
     for r in ratios:
-        a, b = without[f"1:{r}"], with_filter[f"1:{r}"]
-        per_ratio[f"1:{r}"] = {f"{name}_{which}": src.get(key) for name, key in keys.items()
+        a, b = without[ratio_key(r)], with_filter[ratio_key(r)]
+        per_ratio[ratio_key(r)] = {f"{name}_{which}": src.get(key) for name, key in keys.items()
                                for which, src in (("without", a), ("with", b))}
     return {
         **layer.describe(), "split": "val_realistic", "threshold": threshold, "primary_iou": primary_iou,
@@ -311,8 +384,6 @@ def write_synthetic_layer(dataset_dir: str | os.PathLike, *, seed: int = 0, pixe
     import rasterio
     from affine import Affine
     from rasterio.warp import Resampling, reproject
-
-    from rts.io import LABEL_DIR, write_text_atomic, write_geotiff
 
     root = Path(dataset_dir)
     with open(root / "metadata.csv", newline="") as f:

@@ -46,7 +46,7 @@ def system_info(data_version: str) -> dict[str, Any]:
 
 
 def frozen_requirements() -> str:
-    """``name==version`` of every installed distribution, sorted (guide 15: library versions pinned)."""
+    """``name==version`` of every installed distribution, sorted: a run records the library versions it ran with."""
     pkgs = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
     return "".join(f"{n}=={v}\n" for n, v in sorted(pkgs.items()) if n)
 

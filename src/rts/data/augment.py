@@ -1,6 +1,6 @@
-"""The guide's augmentation pipeline (7.10, with affine), applied jointly to image, EXTRA and mask.
+"""The training augmentation pipeline (flips, rotations, affine, elastic, colour), applied jointly to image, EXTRA and mask.
 
-Colour jitter touches the RGB channels only (guide 7.10 note) and runs on raw uint8 RGB before the
+Colour jitter touches the RGB channels only (NDVI, relative elevation and shaded relief are measurements, not colours) and runs on raw uint8 RGB before the
 geometry: it is pointwise, so the order does not change its meaning. The geometric transforms act on
 one float32 stack of RGB + selected EXTRA channels and on the label with nearest-neighbour
 interpolation, so the mask follows the image exactly. Borders reflect (no invented black border).
@@ -38,7 +38,7 @@ class Augmenter:
                     p=cfg.affine_p,
                 ),
                 # approximate=True smooths the displacement field with a fixed-size kernel: the same
-                # elastic deformation family at a fraction of the cost (loader throughput, issue 2).
+                # elastic deformation family at a fraction of the cost (the loader must keep up with the GPU).
                 A.ElasticTransform(
                     alpha=cfg.elastic_alpha,
                     sigma=cfg.elastic_sigma,

@@ -1,4 +1,4 @@
-"""Boundary uncertainty handling (guide 3.4).
+"""Boundary uncertainty: experts disagree by a few pixels on an RTS outline, so the loss ignores a band there (or learns soft targets).
 
 Option A, ignore band: pixels within ``width`` px of an RTS/background boundary are excluded from the
 loss. Option B, soft labels: targets fall off smoothly across the boundary as a logistic function

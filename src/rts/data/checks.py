@@ -1,4 +1,4 @@
-"""Data checks of the dataset format (data-format.md, "Data checks before training").
+"""Data checks of the dataset format, run before any training: a bad tile costs GPU hours or biases the metrics silently.
 
 ``rts check DATA`` (and the prepare stage, through :func:`check_dataset`) runs every check over a
 whole dataset folder and reports every problem found, each with the file it is in and the reason,
@@ -12,7 +12,6 @@ not (a split region without tiles, a stray non-``.tif`` file, a positive tile wi
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -40,7 +39,6 @@ from rts.io import (
     PIXEL_SIZE_M,
     POSITIVE,
     RGB_DIR,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -202,35 +200,6 @@ def format_report(problems: Iterable[Problem], *, warnings: Iterable[Problem] = 
     else:
         lines.append(f"OK: {tiles}{n_warn}")
     return "\n".join(lines)
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, metavar="DATA", help="dataset folder")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the problems and warnings as JSON")
-    parser.add_argument("--workers", type=int, default=1, help="threads reading tiles (default 1)")
-    parser.add_argument("--progress", action="store_true", help="show a progress bar over tiles")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise SystemExit(f"rts check: --workers must be >= 1, got {args.workers}")
-    result = run_checks(args.data, progress=args.progress, workers=args.workers)
-    print(format_report(result.problems, warnings=result.warnings, n_tiles=result.n_tiles))
-    if args.json is not None:
-        write_json_atomic(
-            args.json,
-            {
-                "dataset": str(args.data),
-                "ok": result.ok,
-                "n_tiles": result.n_tiles,
-                "problems": [{"path": p.path, "reason": p.reason} for p in result.problems],
-                "warnings": [{"path": w.path, "reason": w.reason} for w in result.warnings],
-            },
-        )
-    return 0 if result.ok else 1
 
 
 # --- dataset-level files ------------------------------------------------------------------------

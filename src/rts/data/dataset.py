@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -19,7 +18,8 @@ from rts.data.augment import Augmenter
 from rts.data.boundary import soft_targets, valid_mask
 from rts.data.normalization import Normalizer
 from rts.data.splits import TileRecord
-from rts.data.store import TileStore
+from rts.data.store import DEFAULT_CACHE_DIR, TileStore
+from rts.data.windows import resize
 from rts.io import IGNORE
 
 
@@ -29,7 +29,7 @@ class TileDataset(Dataset):
     Keys are either a dataset index or an ``(index, sample_seed, crop_size, scale)`` tuple as
     yielded by the batch samplers: the seed makes the augmentation of that draw reproducible, the
     crop size implements progressive resizing (random crops at native resolution) and a scale
-    below 1 implements multi-resolution training (guide 6.3): the input is the ``tile_size/scale``
+    below 1 implements multi-resolution training: the input is the ``tile_size/scale``
     neighbourhood (``windows``, the code multi-scale inference uses) resized to the tile size, the
     label resized by nearest neighbour with every ignore pixel of the footprint kept as ignore.
 
@@ -76,10 +76,11 @@ class TileDataset(Dataset):
         if self.windows is None:  # pragma: no cover - wiring error
             raise ValueError("multi-resolution samples need `windows` (a NeighbourWindows over the dataset)")
         win = self.windows.window(tile_id, int(round(size / scale)), with_label=True)
-        image = cv2.resize(np.transpose(win[:-1], (1, 2, 0)), (size, size), interpolation=cv2.INTER_AREA)
-        image = image.reshape(size, size, -1)
+        # the resize inference applies to the same window, so training at a scale sees what serving does
+        image = resize(torch.from_numpy(np.ascontiguousarray(win[None, :-1])), size)[0].numpy()
+        image = np.transpose(image, (1, 2, 0))
         label_win = win[-1].astype(np.uint8)
-        label = cv2.resize(label_win, (size, size), interpolation=cv2.INTER_NEAREST)
+        label = resize(torch.from_numpy(label_win[None, None].astype(np.float32)), size, mode="nearest")[0, 0].numpy().astype(np.uint8)
         k = label_win.shape[0] // size
         ignore = (label_win == IGNORE).reshape(size, k, size, k).any(axis=(1, 3))
         label[ignore] = IGNORE
@@ -123,6 +124,4 @@ class TileDataset(Dataset):
 
 
 def open_store(root: str | Path, cache: bool) -> TileStore:
-    from rts.data.store import DEFAULT_CACHE_DIR
-
     return TileStore(root, DEFAULT_CACHE_DIR if cache else None)

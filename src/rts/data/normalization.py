@@ -1,4 +1,5 @@
-"""Per-dataset normalisation statistics (data-format.md "Normalisation statistics").
+"""Per-dataset normalisation statistics: the clip bounds, means and standard deviations every
+model is trained and served with.
 
 Per channel (R, G, B, then every EXTRA channel in band order): clip to percentile bounds computed
 over the training tiles, then mean and std of the clipped values. The bounds come from a bounded
@@ -6,6 +7,10 @@ random sample of pixels (exact when the sample holds every pixel, as in the test
 from one streaming pass that merges per-tile moments with Chan/Welford's parallel update, so memory
 does not grow with the number of tiles. The saved file is hashed; the hash travels with every
 model and inference refuses a statistics file whose hash differs.
+
+The statistics are a pure function of the data and the ``prepare`` params: prepare writes the same
+bytes on every run, so re-running it never makes a trained model stale. The model's copy carries a
+``computed_date`` (the time training packaged it), which the hash leaves out.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rts.data.store import prefetch
+from rts.errors import DataError
 from rts.io import EXTRA_CHANNELS, write_json_atomic
 
 RGB_NAMES = ("R", "G", "B")
@@ -116,7 +122,7 @@ def compute_stats(
         reservoir.add(values, sample_px_per_tile)
         n_tiles += 1
     if n_tiles == 0:
-        raise ValueError("no training tiles: cannot compute normalisation statistics")
+        raise DataError("no training tiles: cannot compute normalisation statistics")
     low, high = reservoir.percentiles(*clip_percentiles)
     moments = RunningMoments(n_channels)
     for values in prefetch(stacked, tiles, workers=workers):
@@ -124,7 +130,6 @@ def compute_stats(
     std = np.maximum(moments.std, 1e-6)  # a constant channel must not divide by zero
     return {
         "dataset_version": dataset_version,
-        "computed_date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "n_tiles_used": n_tiles,
         "clip_percentiles": list(clip_percentiles),
         "rgb": {
@@ -145,10 +150,22 @@ def compute_stats(
     }
 
 
+# Provenance, not content: the model's copy is dated when training packages it, and the hash (which
+# every model records and inference checks) must not change with that date.
+PROVENANCE_KEYS = ("computed_date",)
+
+
 def stats_hash(stats: dict) -> str:
-    """Hash of the statistics' content (canonical JSON), independent of file formatting."""
-    canonical = json.dumps(stats, sort_keys=True, separators=(",", ":"))
+    """Hash of the statistics' content (canonical JSON, less :data:`PROVENANCE_KEYS`), independent
+    of file formatting."""
+    content = {k: v for k, v in stats.items() if k not in PROVENANCE_KEYS}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def dated(stats: dict) -> dict:
+    """``stats`` with ``computed_date`` set to now (UTC, ISO 8601): the copy that travels with a model."""
+    return {**stats, "computed_date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
 
 
 def save_stats(path: Path, stats: dict) -> str:
@@ -162,7 +179,7 @@ def load_stats(path: Path, expected_hash: str | None = None) -> dict:
     if expected_hash is not None:
         actual = stats_hash(stats)
         if actual != expected_hash:
-            raise ValueError(
+            raise DataError(
                 f"{path}: normalisation statistics hash {actual[:12]}... does not match the model's "
                 f"{expected_hash[:12]}...; the model was trained with different statistics"
             )

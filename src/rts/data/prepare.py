@@ -9,26 +9,24 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from rts.config import DataConfig, PrepareConfig
+from rts.data.checks import check_dataset, format_report
 from rts.data.normalization import compute_stats, save_stats
 from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
 from rts.data.store import TileStore, io_workers, prefetch
+from rts.errors import DataError
 from rts.io import IGNORE, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 
-class DataCheckError(RuntimeError):
+class DataCheckError(DataError, RuntimeError):
     """The dataset failed ``rts check``; the message is the full report."""
 
 
 def run_checks(root: Path, store: TileStore | None = None) -> None:
     """Fail on any data problem. With ``store``, the tiles the checks decode also fill its cache, so
     the statistics and summary that follow do not decode them again."""
-    from rts.data.checks import check_dataset, format_report
-
     problems = check_dataset(root, workers=io_workers(), on_tile=store.put_decoded if store is not None else None)
     if problems:
         raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")

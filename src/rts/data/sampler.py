@@ -1,4 +1,4 @@
-"""Balanced batch sampling with an epoch-level ratio and a curriculum (guide 5.2), DDP-aware.
+"""Balanced batch sampling with an epoch-level ratio and a curriculum, DDP-aware: random batches at 0.1% prevalence would hold almost no RTS.
 
 Every batch holds ``round(batch_size * pos_fraction)`` positive tiles. An epoch draws
 ``ratio * n_pos`` distinct negatives (without replacement while the pool lasts) and as many batches
@@ -25,6 +25,20 @@ def curriculum_ratio(epoch: int, *, start: float, end: float, epochs: int) -> fl
         return float(end)
     frac = max(epoch, 0) / (epochs - 1)
     return float(math.exp(math.log(start) + frac * (math.log(end) - math.log(start))))
+
+
+def negatives_per_batch(batch_size: int, pos_fraction: float, balanced: bool = True) -> int:
+    """Negative slots of one batch: the rest after ``round(batch_size x pos_fraction)`` positives
+    (every slot without balancing)."""
+    return batch_size - round(batch_size * pos_fraction) if balanced else batch_size
+
+
+def epoch_steps(*, ratio: float, n_pos: int, n_neg_batch: int, world_size: int, fixed_steps: int = 0) -> int:
+    """Batches per rank in one epoch: enough that the epoch draws ``ratio`` negatives per positive
+    tile over all ranks (``fixed_steps`` when set). The sampler and the cost estimate both use it."""
+    if fixed_steps:
+        return fixed_steps
+    return max(1, math.ceil(ratio * n_pos / (n_neg_batch * world_size)))
 
 
 class _EpochBatchSampler:
@@ -68,10 +82,8 @@ class _EpochBatchSampler:
         return curriculum_ratio(epoch, start=start, end=end, epochs=epochs)
 
     def steps(self, epoch: int | None = None) -> int:
-        if self.steps_per_epoch:
-            return self.steps_per_epoch
-        n_neg_epoch = self.epoch_ratio(epoch) * self.n_pos
-        return max(1, math.ceil(n_neg_epoch / (self.n_neg_batch * self.world_size)))
+        return epoch_steps(ratio=self.epoch_ratio(epoch), n_pos=self.n_pos, n_neg_batch=self.n_neg_batch,
+                           world_size=self.world_size, fixed_steps=self.steps_per_epoch)
 
     def __len__(self) -> int:
         return self.steps()
@@ -120,7 +132,7 @@ class BalancedBatchSampler(_EpochBatchSampler):
     def __init__(self, positive_indices: Sequence[int], negative_indices: Sequence[int], *, batch_size: int,
                  pos_fraction: float, ratio: float, curriculum: tuple[float, float, int] | None = None,
                  steps_per_epoch: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1, scales: tuple[float, ...] = ()):
-        n_pos_batch = round(batch_size * pos_fraction)
+        n_pos_batch = batch_size - negatives_per_batch(batch_size, pos_fraction)
         if not 1 <= n_pos_batch < batch_size:
             raise ValueError(f"batch_size {batch_size} x pos_fraction {pos_fraction} must give 1..batch_size-1 positives")
         if len(positive_indices) == 0 or len(negative_indices) == 0:

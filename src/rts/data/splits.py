@@ -1,4 +1,4 @@
-"""Resolve region-level splits into tile manifests (data-format.md "Splits and prevalence").
+"""Resolve region-level splits into tile manifests by region (spatial blocking), and the realistic prevalence weights.
 
 ``splits.yaml`` names Arctic regions per split; tiles are resolved through ``metadata.csv``'s
 ``RegionName``. Four manifests come out of one dataset:
@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from rts.io import METADATA_COLUMNS, NEGATIVE, POSITIVE, read_json_or_none, write_json_atomic
+from rts.errors import DataError
+from rts.io import (
+    METADATA_COLUMNS,
+    NEGATIVE,
+    POSITIVE,
+    read_json_or_none,
+    write_json_atomic,
+)
+from rts.prevalence import negative_weight
 
 SPLIT_NAMES = ("train", "val_balanced", "val_realistic", "test_realistic")
 
@@ -67,15 +75,8 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         obj = read_json_or_none(path)
         if obj is None:
-            raise FileNotFoundError(f"{path}: split manifest not found; run `dvc repro prepare` first")
+            raise DataError(f"{path}: split manifest not found; run `dvc repro prepare` first")
         return cls.from_json(obj)
-
-
-def negative_weight(ratio: float, n_pos: int, n_neg: int) -> float:
-    """Weight of one negative tile so that the set stands for 1:``ratio`` prevalence."""
-    if n_neg == 0:
-        return 0.0
-    return ratio * n_pos / n_neg
 
 
 def read_metadata(root: Path) -> list[dict[str, str]]:
@@ -96,21 +97,21 @@ def resolve_splits(
     rows = read_metadata(root)
     missing = [c for c in METADATA_COLUMNS if rows and c not in rows[0]]
     if missing:
-        raise ValueError(f"{root / 'metadata.csv'}: missing columns {missing}")
+        raise DataError(f"{root / 'metadata.csv'}: missing columns {missing}")
     region_split: dict[str, str] = {}
     for split, regions in read_splits(root).items():
         for region in regions:
             if region in region_split:
-                raise ValueError(f"{root / 'splits.yaml'}: region {region!r} is in both {region_split[region]} and {split}")
+                raise DataError(f"{root / 'splits.yaml'}: region {region!r} is in both {region_split[region]} and {split}")
             region_split[region] = split
     by_split: dict[str, list[TileRecord]] = {"train": [], "val": [], "test": []}
     for row in sorted(rows, key=lambda r: r["tile_id"]):
         cls = row["TrainClass"]
         if cls not in (POSITIVE, NEGATIVE):
-            raise ValueError(f"{root / 'metadata.csv'}: tile {row['tile_id']}: TrainClass {cls!r} is not Positive/Negative")
+            raise DataError(f"{root / 'metadata.csv'}: tile {row['tile_id']}: TrainClass {cls!r} is not Positive/Negative")
         split = region_split.get(row["RegionName"])
         if split is None:
-            raise ValueError(f"{root / 'metadata.csv'}: region {row['RegionName']!r} of tile {row['tile_id']} is in no split")
+            raise DataError(f"{root / 'metadata.csv'}: region {row['RegionName']!r} of tile {row['tile_id']} is in no split")
         by_split[split].append(TileRecord(row["tile_id"], cls == POSITIVE, row["RegionName"]))
 
     val = by_split["val"]

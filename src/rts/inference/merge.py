@@ -17,7 +17,6 @@ probability equals that of a single run over the whole list.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -142,17 +141,3 @@ def merge_chunks(out_dir: str | os.PathLike, chunk_dirs: list[str | os.PathLike]
     }
     write_json_atomic(out_dir / RUN_LOG, merged)
     return merged
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output folder of the merged outputs")
-    parser.add_argument("chunks", nargs="+", help="output folders of `rts predict` chunks")
-    parser.add_argument("--name", default="merged", help="stem of the merged files (default: merged)")
-    parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
-
-
-def run(args: argparse.Namespace) -> int:
-    merged = merge_chunks(args.out, args.chunks, name=args.name, blocksize=args.blocksize)
-    log.info("merged %d chunk(s): %d RTS (%d parts dissolved across chunk borders), %.0f m2; %s", len(merged["chunks"]),
-             merged["rts_count"], merged["polygon_parts_dissolved"], merged["total_rts_area_m2"], merged["outputs"]["prob"])
-    return 0

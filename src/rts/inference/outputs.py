@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from rts.io import CRS, atomic_path
+from rts.io import CRS, PIXEL_SIZE_M, atomic_path
 
 PROB_NODATA = -1.0
 MASK_NODATA = 255
@@ -219,8 +219,6 @@ def read_gpkg(path: str | os.PathLike) -> list[dict]:
     """
     import pyogrio.raw
     import shapely
-
-    from rts.io import PIXEL_SIZE_M
 
     meta, _, geometry, data = pyogrio.raw.read(str(path))
     cols = dict(zip(meta["fields"], data))

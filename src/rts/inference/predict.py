@@ -20,12 +20,10 @@ The run log (``OUT/run_log.json``) is written at the end of every run.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
 import os
-import pickle
 import signal
 import time
 from collections import deque
@@ -37,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rts.inference.multiscale import VALID_SCALES, crop_centre
+from rts.data.windows import crop_centre
 from rts.inference.outputs import (
     MASK_NODATA,
     PROB_NODATA,
@@ -48,7 +46,12 @@ from rts.inference.outputs import (
     write_cog,
     write_gpkg,
 )
-from rts.inference.predictor import MODEL_FILE, Predictor, load_predictor
+from rts.inference.predictor import (
+    CALIBRATION_FILE,
+    MODEL_FILE,
+    Predictor,
+    load_predictor,
+)
 from rts.inference.scene import (
     TILE_ERROR,
     TILE_NODATA,
@@ -61,6 +64,8 @@ from rts.inference.scene import (
     region_for_tiles,
 )
 from rts.io import file_sha256, write_json_atomic
+from rts.metrics import gt_components, match_objects, pred_components
+from rts.susceptibility import TILE_SUSCEPTIBILITY, SusceptibilityFilter, polygon_stats
 
 log = logging.getLogger(__name__)
 
@@ -235,16 +240,13 @@ def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.n
 
 
 def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, batch_size: int, num_workers: int,
-                errors: list[dict], susceptibility=None) -> dict[str, int]:
+                errors: list[dict], susceptibility: SusceptibilityFilter) -> dict[str, int]:
     todo = [t for t in region.tiles if t.tile_id not in state.done]
     counts = {"run": 0, "error": 0}
-    if susceptibility is not None:  # --- susceptibility filter: passes whose window is all masked are not run
-        from rts.susceptibility import TILE_SUSCEPTIBILITY, pass_masked
-
-        skip = [t for t in todo if pass_masked(susceptibility, region, t, predictor.tile_size)]
-        if skip:
-            state.record([{"tile": t.tile_id, "status": TILE_SUSCEPTIBILITY, "max_prob": None} for t in skip])
-            todo = [t for t in todo if t.tile_id not in state.done]
+    skip = susceptibility.masked_passes(region, todo, predictor.tile_size)  # their output would be all zeros
+    if skip:
+        state.record([{"tile": t.tile_id, "status": TILE_SUSCEPTIBILITY, "max_prob": None} for t in skip])
+        todo = [t for t in todo if t.tile_id not in state.done]
     if not todo:
         return counts
     window = max(predictor.window_sizes().values())
@@ -320,11 +322,13 @@ def _read_outputs(region: Region, state: RegionState, r: int, c: int, h: int, w:
 
 
 def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshold: float, scales: tuple[float, ...],
-                  tile_size: int, blocksize: int = 512, susceptibility=None) -> dict[str, Any]:
+                  tile_size: int, blocksize: int = 512, susceptibility: SusceptibilityFilter | None = None) -> dict[str, Any]:
     """Write the probability COG, mask COG and polygons of a finished region; return summary counts.
 
-    With ``susceptibility``, every output is of ``prob * keep`` and the summary has the filter's counts.
+    With an enabled ``susceptibility`` filter, every output is of ``prob * keep`` and the summary
+    has the filter's counts.
     """
+    susceptibility = SusceptibilityFilter.of(susceptibility)
     from affine import Affine
 
     paths = output_paths(out_dir, region.name)
@@ -347,10 +351,8 @@ def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshol
     unfiltered: list[dict] = []  # susceptibility: unfiltered objects polygonized with prob = keep (polygon_stats)
     for r, c, h, w in windows(region.height, region.width, 2048):
         prob, scale, covered = _read_outputs(region, state, r, c, h, w)
-        if susceptibility is not None:
-            from rts.susceptibility import block_keep
-
-            keep = block_keep(susceptibility, region, r, c, h, w)
+        keep = susceptibility.block_keep(region, r, c, h, w)
+        if keep is not None:  # what the filter removes is counted on the unfiltered objects
             raw_mask = covered & (prob >= threshold)
             if raw_mask.any():
                 unfiltered += polygonize_block(keep.astype(np.float32), raw_mask, np.zeros((h, w)), region.transform @ Affine.translation(c, r))
@@ -371,32 +373,25 @@ def write_outputs(region: Region, state: RegionState, out_dir: Path, *, threshol
     write_gpkg(paths["polygons"], columns)
     summary = {"rts_count": int(len(columns["rts_id"])), "total_rts_area_m2": float(columns["area_m2"].sum()),
                "outputs": {k: str(v) for k, v in paths.items()}}
-    if susceptibility is not None:
-        from rts.susceptibility import polygon_stats
-
+    if susceptibility.enabled:
         summary["susceptibility"] = polygon_stats(dissolve(unfiltered), abs(region.transform.a)).as_dict()
     return summary
 
 
-def _filtered_reader(susceptibility):
-    """``_read_outputs`` with the susceptibility filter applied (``prob * keep``); itself when off."""
-    if susceptibility is None:
-        return _read_outputs
-    from rts.susceptibility import block_keep
-
+def _filtered_reader(susceptibility: SusceptibilityFilter):
+    """``_read_outputs`` with the susceptibility filter applied (``prob * keep``)."""
     def read(region, state, r, c, h, w):
         prob, scale, covered = _read_outputs(region, state, r, c, h, w)
-        return np.where(block_keep(susceptibility, region, r, c, h, w), prob, np.float32(0)), scale, covered
+        return susceptibility.filter_block(region, r, c, h, w, prob), scale, covered
 
     return read
 
 
 def object_scores(region: Region, state: RegionState, labels: str, *, threshold: float, min_object_px: int, iou: float,
-                  susceptibility=None) -> dict:
+                  susceptibility: SusceptibilityFilter | None = None) -> dict:
     """Object recall/precision of the region's mask against a label raster on the same grid."""
+    susceptibility = SusceptibilityFilter.of(susceptibility)
     import rasterio
-
-    from rts.metrics import gt_components, match_objects, pred_components
 
     with rasterio.open(labels) as src:
         if (src.height, src.width) != (region.height, region.width) or not src.transform.almost_equals(region.transform):
@@ -421,8 +416,8 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                    susceptibility=None, finisher: Executor | None = None) -> dict | Future:
     """Predict every pass of ``region`` (resuming from its manifest), then write its outputs.
 
-    ``susceptibility`` (a ``rts.susceptibility.SusceptibilityLayer`` or None) skips fully masked
-    passes and filters every output (docs/susceptibility.md).
+    ``susceptibility`` (a :class:`rts.susceptibility.SusceptibilityFilter`; a bare layer or None is
+    taken as one) skips fully masked passes and filters every output (docs/susceptibility.md).
 
     ``finisher``: an executor that writes the outputs (COGs, polygons, object scores, ``done.json``)
     after the passes, so that the caller can start the next region's passes meanwhile. The passes
@@ -435,6 +430,7 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         its ``Future`` when ``finisher`` writes the outputs (a region already complete, or with
         unreadable passes, has nothing to write: its entry is returned as is).
     """
+    susceptibility = SusceptibilityFilter.of(susceptibility)
     out_dir = Path(out_dir)
     errors = [] if errors is None else errors
     work = out_dir / WORK_DIR / region.name
@@ -443,7 +439,7 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                 "temperature": predictor.temperature, "source": region.rgb, "extra": region.extra,
                 "grid": [region.row_off, region.col_off, region.height, region.width, list(region.transform)[:6]],
                 "tiles": len(region.tiles)}
-    if susceptibility is not None:
+    if susceptibility.enabled:
         settings["susceptibility"] = susceptibility.describe()
     done_file = work / DONE_FILE
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
@@ -472,9 +468,7 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
             tiles_error=len(errors) - n_err_before, tiles_resumed=resumed, tiles_run=counts["run"],
             tiles_with_detections=sum(1 for v in state.done.values() if v["status"] == TILE_OK and v["max_prob"] >= threshold),
         )
-        if susceptibility is not None:
-            from rts.susceptibility import TILE_SUSCEPTIBILITY
-
+        if susceptibility.enabled:
             entry["tiles_skipped_susceptibility"] = statuses.count(TILE_SUSCEPTIBILITY)
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
@@ -488,14 +482,13 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                                blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou)
     if finisher is None:
         return finish(susceptibility=susceptibility)
-    own_layer = pickle.loads(pickle.dumps(susceptibility)) if susceptibility is not None else None  # its own file handle
+    own = susceptibility.own_copy()  # GDAL handles are not shared across threads
 
     def finish_with_own_layer() -> dict:
         try:
-            return finish(susceptibility=own_layer)
+            return finish(susceptibility=own)
         finally:
-            if own_layer is not None:
-                own_layer.close()
+            own.close()
 
     return finisher.submit(finish_with_own_layer)
 
@@ -507,7 +500,7 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
         t1 = time.perf_counter()
         entry.update(write_outputs(region, state, out_dir, threshold=threshold, scales=predictor.scales,
                                    tile_size=predictor.tile_size, blocksize=blocksize, susceptibility=susceptibility))
-        if susceptibility is not None:
+        if susceptibility.enabled:
             entry["susceptibility"].update(tiles=entry["tiles_processed"], tiles_skipped=entry["tiles_skipped_susceptibility"])
         entry["timing"]["finalize_s"] = round(time.perf_counter() - t1, 3)
         if region.labels:
@@ -557,8 +550,6 @@ def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: st
 
 
 def _calibrated_with_filter(model) -> bool:
-    from rts.inference.predictor import CALIBRATION_FILE
-
     path = Path(model) / CALIBRATION_FILE
     return path.exists() and bool(json.loads(path.read_text()).get("susceptibility"))
 
@@ -601,9 +592,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
             raise ValueError(f"{src} and {named[stem]} share the name {stem!r}, and outputs are named after it; "
                              "rename one or predict them into separate output folders")
         named[stem] = str(src)
-    from rts.susceptibility import open_layer
-
-    layer = open_layer(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
+    layer = SusceptibilityFilter.open(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
     predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp, benchmark=True)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)
     model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
@@ -660,7 +649,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
     }
     run_log["tiles_error"] = len([e for e in errors if "tile" in e])
-    if layer is not None:  # --- susceptibility filter totals over the regions
+    if layer.enabled:  # the filter's totals over the regions
         totals = {k: sum(r.get("susceptibility", {}).get(k, 0) for r in regions)
                   for k in ("tiles_skipped", "objects_before", "objects_removed", "objects_clipped", "pixels_removed", "area_removed_m2")}
         run_log["susceptibility"] = {**layer.describe(), **totals}
@@ -669,49 +658,3 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         log.warning("%s: thresholds were calibrated with a susceptibility filter; pass --susceptibility to apply it", model)
     write_json_atomic(out_dir / RUN_LOG, run_log)
     return run_log
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands)")
-    parser.add_argument("--model", default="models/rts-model", help="model package folder (default: models/rts-model)")
-    parser.add_argument("--out", "-o", required=True, help="output folder")
-    parser.add_argument("--tiles", help="CSV tile list (tile_id, minx, miny, maxx, maxy in EPSG:3413); needs --mosaic")
-    parser.add_argument("--mosaic", help="RGB mosaic (VRT/GeoTIFF) the tile list is read from")
-    parser.add_argument("--extra", action="append", default=[], help="4-band EXTRA raster on the scene grid (one per scene, in order)")
-    parser.add_argument("--labels", action="append", default=[], help="label raster per scene: object recall in the run log")
-    parser.add_argument("--scales", type=float, nargs="+", choices=VALID_SCALES, help="default: the package's")
-    parser.add_argument("--tta", choices=("none", "minimal", "standard", "full"), help="default: the package's")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threshold", type=float, help="probability threshold (default: calibrated, see --ratio)")
-    parser.add_argument("--ratio", type=int, default=500, help="prevalence ratio of the calibrated object threshold (default 500)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA")
-    parser.add_argument("--stride", type=int, help="pass spacing in px (default tile_size / 2)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="DataLoader reader processes (default: min(4, CPU count); 0: read in the main process)")
-    parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
-    parser.add_argument("--finalize-workers", type=int, default=1,
-                        help="threads writing a finished scene's COGs and polygons while the next scene's passes run "
-                             "(default 1; 0: write before starting the next)")
-    parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
-    parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
-    parser.add_argument("--iou", type=float, default=0.3, help="IoU of a match for the --labels metric")
-    parser.add_argument("--susceptibility", help="RTS likelihood raster (any CRS/resolution): skip passes and drop objects below --min-likelihood")
-    parser.add_argument("--min-likelihood", type=float, default=0.5, help="susceptibility threshold (default 0.5)")
-
-
-def run(args: argparse.Namespace) -> int:
-    run_log = run_predict(
-        args.model, args.out, scenes=args.scenes, extras=args.extra, labels=args.labels, tiles=args.tiles, mosaic=args.mosaic,
-        scales=args.scales, tta=args.tta, threshold=args.threshold, ratio=args.ratio, device=args.device, amp=args.amp,
-        stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
-        keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
-        susceptibility=args.susceptibility, min_likelihood=args.min_likelihood, finalize_workers=args.finalize_workers,
-    )
-    log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
-             run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),
-             Path(args.out) / RUN_LOG)
-    return 1 if run_log["errors"] else 0

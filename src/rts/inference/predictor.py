@@ -18,7 +18,12 @@ import torch
 
 from rts.config import DataConfig, ModelConfig, from_dict
 from rts.data.normalization import Normalizer, load_stats
-from rts.inference.multiscale import predict_multiscale, window_size
+from rts.data.windows import window_size
+from rts.errors import DataError
+from rts.inference.multiscale import predict_multiscale
+from rts.models.builder import build_model
+from rts.models.weights import load_model_state
+from rts.precision import amp_settings, gpu_path
 
 MODEL_FILE = "model.pt"
 STATS_FILE = "normalization_stats.json"
@@ -29,16 +34,14 @@ def load_package(path: str | Path) -> dict:
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"{file}: model package not found (expected {MODEL_FILE} from the train or calibrate stage)")
+        raise DataError(f"{file}: model package not found (expected {MODEL_FILE} from the train or calibrate stage)")
     package = torch.load(file, map_location="cpu", weights_only=False)
     if package.get("format") != "rts-model/1":
-        raise ValueError(f"{file}: not an rts model package (format {package.get('format')!r})")
+        raise DataError(f"{file}: not an rts model package (format {package.get('format')!r})")
     return package
 
 
 def build_from_package(package: dict) -> torch.nn.Module:
-    from rts.models.builder import build_model, load_model_state
-
     model_cfg = from_dict(ModelConfig, {**package["model_config"], "encoder_weights": None}, prefix="model")
     data_cfg = from_dict(DataConfig, package["data_config"], prefix="data")
     model = build_model(model_cfg, in_channels=data_cfg.in_channels, n_extra=len(data_cfg.extra_channels),
@@ -110,8 +113,6 @@ class Predictor:
 def to_inference_device(model: torch.nn.Module, device: torch.device, *, benchmark: bool = False) -> torch.nn.Module:
     """``model`` on ``device`` as inference runs it: channels_last on the GPU path, cuDNN's
     algorithm timing on when ``benchmark`` (see :func:`load_predictor`)."""
-    from rts.training.step import gpu_path
-
     model = model.to(device)
     if gpu_path(device):
         model = model.to(memory_format=torch.channels_last)
@@ -139,8 +140,6 @@ def load_predictor(path: str | Path, *, device: str | torch.device = "cpu", tta:
     stats = load_stats(stats_file, expected_hash=package["normalization_stats_sha256"])
     calibration = json.loads((path / CALIBRATION_FILE).read_text()) if (path / CALIBRATION_FILE).exists() else {}
     device = torch.device(device)
-    from rts.training.step import amp_settings, gpu_path
-
     model = to_inference_device(build_from_package(package), device, benchmark=benchmark)
     data_cfg = package["data_config"]
     amp_dtype = amp_settings(device, True)[1] if amp else None

@@ -1,4 +1,4 @@
-"""Scene geometry and windowed reading for ``rts predict`` (data-format.md "Prediction outputs").
+"""Scene geometry and windowed reading for ``rts predict``: the outputs share the scene's EPSG:3413 grid.
 
 A *region* is the output grid of one predict job: a whole scene, or the bounding box of a chunk of
 a tile list over a mosaic. Tiles of ``tile_size`` px are laid out with ``stride`` px steps; each

@@ -1,4 +1,4 @@
-"""Test-time augmentation over the dihedral group D4 (guide 9), on device batches.
+"""Test-time augmentation over the dihedral group D4, on device batches: RTS have no preferred orientation, so every rotation and flip is an equally valid view.
 
 Each setting is a list of (forward, inverse) transforms on (B, C, H, W) tensors. The model's logits
 for every transformed view are mapped back with the inverse and averaged (mean of logits: applying

@@ -5,7 +5,8 @@ Definitions (``docs/metrics.md`` has the prose):
 * Predicted components: 8-connected components of ``prob >= t``. A component with at least half of
   its pixels on label 255 is dropped; components with fewer than ``min_object_px`` pixels are
   dropped (on both sides). Ground truth: 8-connected components of ``label == 1``.
-* Area and IoU count only pixels not labelled 255 (those pixels are unknown, guide 3.4).
+* Area and IoU count only pixels not labelled 255 (their class is unknown, so they count as
+  neither object nor background).
 * Score of a predicted component: its mean probability (all its pixels).
 * Greedy one-to-one matching: predictions in descending score (ties: the component whose first
   pixel in raster order comes first); each takes the unmatched ground-truth object with the highest
@@ -382,6 +383,142 @@ def _unique(x: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 _LABEL_PATH_DIVISOR = 64  # levels adding >= H*W/64 pixels are relabelled whole
 
 
+@dataclass
+class _PixelForest:
+    """Union-find over the pixels of one tile, with the statistics of the component at each root."""
+
+    parent: np.ndarray  # (H*W,) int64 union-find parent
+    size: np.ndarray  # pixels of the component rooted here
+    ign: np.ndarray  # its pixels labelled 255
+    psum: np.ndarray  # its probability sum
+    first: np.ndarray  # its first pixel in raster order
+    # overlap of the component rooted at each pixel with each ground-truth object; has_gt marks
+    # roots with any overlap, so merges touch the (n_gt, H*W) table only where it matters
+    inter: np.ndarray  # (n_gt, H*W) int32
+    has_gt: np.ndarray
+    scratch: np.ndarray  # workspace of _unique
+    ign_px: np.ndarray  # float64 1 on pixels labelled 255
+    any_ignore: bool
+    p_px: np.ndarray  # probability per pixel
+    gl: np.ndarray  # ground-truth object id per pixel, 0 outside objects
+    gpix: np.ndarray  # pixels inside ground-truth objects
+    n_gt: int
+
+
+def _tile_forest(prob: np.ndarray, label: np.ndarray, gt: Components) -> _PixelForest:
+    """The forest of one tile before any pixel is on: every pixel its own one-pixel component."""
+    n_pix = prob.size
+    ign_px = (np.asarray(label).ravel() == IGNORE).astype(np.float64)
+    ign = ign_px.astype(np.int64)
+    p_px = prob.ravel()
+    inter = np.zeros((gt.n, n_pix), dtype=np.int32)
+    gl = gt.labels.ravel()
+    gpix = np.flatnonzero(gl)
+    inter[gl[gpix] - 1, gpix] = 1
+    return _PixelForest(
+        parent=np.arange(n_pix, dtype=np.int64), size=np.ones(n_pix, dtype=np.int64), ign=ign, psum=p_px.copy(),
+        first=np.arange(n_pix, dtype=np.int64), inter=inter, has_gt=gl > 0, scratch=np.zeros(n_pix, dtype=np.int64),
+        ign_px=ign_px, any_ignore=bool(ign.any()), p_px=p_px, gl=gl, gpix=gpix, n_gt=gt.n,
+    )
+
+
+def _relabel_level(f: _PixelForest, on: np.ndarray, min_object_px: int) -> np.ndarray:
+    """Rebuild the forest from one ``ndimage.label`` of the ``on`` mask; returns the big roots."""
+    lab, n_lab = ndi.label(on, structure=EIGHT)
+    lf = lab.ravel()
+    on_idx = np.flatnonzero(lf)
+    lab_on = lf[on_idx]
+    # ndimage numbers components by first pixel in raster order: first occurrences
+    is_first = np.empty(on_idx.size, dtype=bool)
+    is_first[0] = True
+    is_first[1:] = lab_on[1:] > np.maximum.accumulate(lab_on)[:-1]
+    rep_of = np.zeros(n_lab + 1, dtype=np.int64)
+    rep_of[1:] = on_idx[is_first]
+    rep = rep_of[1:]
+    f.parent[on_idx] = rep_of[lab_on]  # flattens every tree
+    f.size[rep] = np.bincount(lab_on, minlength=n_lab + 1)[1:]
+    if f.any_ignore:  # most tiles have no 255 pixels: skip a full-tile pass
+        f.ign[rep] = np.bincount(lf, weights=f.ign_px, minlength=n_lab + 1)[1:].astype(np.int64)
+    else:
+        f.ign[rep] = 0
+    f.psum[rep] = np.bincount(lf, weights=f.p_px, minlength=n_lab + 1)[1:]
+    f.first[rep] = rep
+    if f.n_gt:
+        n_gt = f.n_gt
+        g_lab = lf[f.gpix]
+        cnt = np.bincount(g_lab * n_gt + (f.gl[f.gpix] - 1), minlength=(n_lab + 1) * n_gt).reshape(n_lab + 1, n_gt)
+        f.inter[:, rep] = cnt[1:].T
+        f.has_gt[rep] = cnt[1:].any(axis=1)
+    return rep[f.size[rep] >= min_object_px]
+
+
+def _merge_roots(f: _PixelForest, ra: np.ndarray, rb: np.ndarray) -> None:
+    """Union the components of distinct roots ``ra[i]``, ``rb[i]``, summing their statistics."""
+    nodes, inv = _unique(np.concatenate([ra, rb]), f.scratch)
+    m = ra.size
+    cc = _components_of_pairs(inv[:m], inv[m:], nodes.size)  # smallest member index
+    n_nodes = nodes.size
+    top = np.flatnonzero(cc == np.arange(n_nodes))
+    rep = nodes[top]
+    size_cc = np.bincount(cc, weights=f.size[nodes], minlength=n_nodes)[top].astype(np.int64)
+    ign_cc = np.bincount(cc, weights=f.ign[nodes], minlength=n_nodes)[top].astype(np.int64)
+    psum_cc = np.bincount(cc, weights=f.psum[nodes], minlength=n_nodes)[top]
+    first_cc = np.full(n_nodes, f.parent.size, dtype=np.int64)
+    np.minimum.at(first_cc, cc, f.first[nodes])
+    g_nodes = f.has_gt[nodes]
+    if f.n_gt and g_nodes.any():
+        n_gt = f.n_gt
+        sub = f.inter[:, nodes[g_nodes]]
+        key = cc[g_nodes][None, :] * n_gt + np.arange(n_gt)[:, None]
+        acc = np.bincount(key.ravel(), weights=sub.ravel(), minlength=n_nodes * n_gt).reshape(n_nodes, n_gt)
+        touched = np.unique(cc[g_nodes])
+        f.inter[:, nodes[touched]] = acc[touched].T.astype(np.int32)
+        f.has_gt[nodes[touched]] = True
+    f.parent[nodes] = nodes[cc]
+    f.size[rep], f.ign[rep], f.psum[rep], f.first[rep] = size_cc, ign_cc, psum_cc, first_cc[top]
+
+
+def _union_level(f: _PixelForest, new: np.ndarray, lev: int, qpad: np.ndarray, w: int, big: np.ndarray,
+                 min_object_px: int) -> np.ndarray:
+    """Add the ``new`` pixels of level ``lev`` by union along their edges; returns the big roots."""
+    a, b = _level_edges(new, lev, qpad, w)
+    if a.size:
+        ra = _find(f.parent, a)
+        rb = _find(f.parent, b)
+        diff = ra != rb
+        if diff.any():
+            _merge_roots(f, ra[diff], rb[diff])
+    # sizes only grow, so a big component stays big; new or grown ones hold a new pixel
+    new_roots = _find(f.parent, new)
+    new_roots = new_roots[f.size[new_roots] >= min_object_px]
+    big, _ = _unique(np.concatenate([_find(f.parent, big), new_roots]), f.scratch)
+    return big
+
+
+def _count_level(counts: np.ndarray, f: _PixelForest, big: np.ndarray, gt_area: np.ndarray,
+                 iou_thresholds: tuple[float, ...]) -> None:
+    """Fill ``counts`` (n_iou, 3) with TP/FP/FN of the predicted objects at the big roots ``big``."""
+    roots = big[2 * f.ign[big] < f.size[big]]
+    n_pred = roots.size
+    n_gt = f.n_gt
+    counts[:, 0] = 0
+    counts[:, 1] = n_pred
+    counts[:, 2] = n_gt
+    if n_gt == 0 or n_pred == 0:
+        return
+    touch_roots = roots[f.has_gt[roots]]
+    if touch_roots.size == 0:
+        return
+    iou = iou_from_intersections(
+        f.inter[:, touch_roots].T.astype(np.float64), (f.size[touch_roots] - f.ign[touch_roots]).astype(np.float64), gt_area
+    )
+    score = f.psum[touch_roots] / f.size[touch_roots]
+    order = np.lexsort((f.first[touch_roots], -score))
+    for mi, tau in enumerate(iou_thresholds):
+        tp = len(greedy_match(iou, order, tau))
+        counts[mi] = (tp, n_pred - tp, n_gt - tp)
+
+
 def grid_object_counts(
     prob: np.ndarray,
     label: np.ndarray,
@@ -403,15 +540,12 @@ def grid_object_counts(
     """
     prob = np.asarray(prob, dtype=np.float64)
     h, w = prob.shape
-    n_pix = h * w
     thresholds = np.asarray(thresholds, dtype=np.float64)
     n_levels = thresholds.size
-    n_iou = len(iou_thresholds)
-    out = np.zeros((n_levels, n_iou, 3), dtype=np.int64)
+    out = np.zeros((n_levels, len(iou_thresholds), 3), dtype=np.int64)
 
     gt = gt_components(label, min_object_px=min_object_px)
-    n_gt = gt.n
-    out[:, :, 2] = n_gt  # everything missed until something is predicted
+    out[:, :, 2] = gt.n  # everything missed until something is predicted
     gt_area = gt.area.astype(np.float64)
 
     # level q = number of grid thresholds <= p: the pixel is on at grid index k iff q >= k + 1
@@ -424,26 +558,10 @@ def grid_object_counts(
     pix_by_level = on[pix_order]
     qpad = np.pad(q, 1, constant_values=-1).ravel()
 
-    parent = np.arange(n_pix, dtype=np.int64)
-    scratch = np.zeros(n_pix, dtype=np.int64)
-    size = np.ones(n_pix, dtype=np.int64)
-    ign_px = (np.asarray(label).ravel() == IGNORE).astype(np.float64)
-    ign = ign_px.astype(np.int64)
-    any_ignore = bool(ign.any())
-    p_px = prob.ravel()
-    psum = p_px.copy()
-    first = np.arange(n_pix, dtype=np.int64)
-    # overlap of the component rooted at each pixel with each ground-truth object; has_gt marks
-    # roots with any overlap, so merges touch the (n_gt, H*W) table only where it matters
-    inter = np.zeros((n_gt, n_pix), dtype=np.int32)
-    gl = gt.labels.ravel()
-    gpix = np.flatnonzero(gl)
-    inter[gl[gpix] - 1, gpix] = 1
-    has_gt = gl > 0
+    forest = _tile_forest(prob, label, gt)
     big = np.zeros(0, dtype=np.int64)  # roots of components with >= min_object_px pixels
     have_prev = False
-    label_path_min = max(1, n_pix // _LABEL_PATH_DIVISOR)
-
+    label_path_min = max(1, h * w // _LABEL_PATH_DIVISOR)
     for lev in range(n_levels, 0, -1):
         k = lev - 1
         new = pix_by_level[pix_starts[lev] : pix_starts[lev + 1]]
@@ -453,80 +571,8 @@ def grid_object_counts(
             continue
         have_prev = True
         if new.size >= label_path_min:
-            lab, n_lab = ndi.label(q >= lev, structure=EIGHT)
-            lf = lab.ravel()
-            on_idx = np.flatnonzero(lf)
-            lab_on = lf[on_idx]
-            # ndimage numbers components by first pixel in raster order: first occurrences
-            is_first = np.empty(on_idx.size, dtype=bool)
-            is_first[0] = True
-            is_first[1:] = lab_on[1:] > np.maximum.accumulate(lab_on)[:-1]
-            rep_of = np.zeros(n_lab + 1, dtype=np.int64)
-            rep_of[1:] = on_idx[is_first]
-            rep = rep_of[1:]
-            parent[on_idx] = rep_of[lab_on]  # flattens every tree
-            size[rep] = np.bincount(lab_on, minlength=n_lab + 1)[1:]
-            if any_ignore:  # most tiles have no 255 pixels: skip a full-tile pass
-                ign[rep] = np.bincount(lf, weights=ign_px, minlength=n_lab + 1)[1:].astype(np.int64)
-            else:
-                ign[rep] = 0
-            psum[rep] = np.bincount(lf, weights=p_px, minlength=n_lab + 1)[1:]
-            first[rep] = rep
-            if n_gt:
-                g_lab = lf[gpix]
-                cnt = np.bincount(g_lab * n_gt + (gl[gpix] - 1), minlength=(n_lab + 1) * n_gt).reshape(n_lab + 1, n_gt)
-                inter[:, rep] = cnt[1:].T
-                has_gt[rep] = cnt[1:].any(axis=1)
-            big = rep[size[rep] >= min_object_px]
+            big = _relabel_level(forest, q >= lev, min_object_px)
         else:
-            a, b = _level_edges(new, lev, qpad, w)
-            if a.size:
-                ra = _find(parent, a)
-                rb = _find(parent, b)
-                diff = ra != rb
-                if diff.any():
-                    ra, rb = ra[diff], rb[diff]
-                    nodes, inv = _unique(np.concatenate([ra, rb]), scratch)
-                    m = ra.size
-                    cc = _components_of_pairs(inv[:m], inv[m:], nodes.size)  # smallest member index
-                    n_nodes = nodes.size
-                    top = np.flatnonzero(cc == np.arange(n_nodes))
-                    rep = nodes[top]
-                    size_cc = np.bincount(cc, weights=size[nodes], minlength=n_nodes)[top].astype(np.int64)
-                    ign_cc = np.bincount(cc, weights=ign[nodes], minlength=n_nodes)[top].astype(np.int64)
-                    psum_cc = np.bincount(cc, weights=psum[nodes], minlength=n_nodes)[top]
-                    first_cc = np.full(n_nodes, n_pix, dtype=np.int64)
-                    np.minimum.at(first_cc, cc, first[nodes])
-                    g_nodes = has_gt[nodes]
-                    if n_gt and g_nodes.any():
-                        sub = inter[:, nodes[g_nodes]]
-                        key = cc[g_nodes][None, :] * n_gt + np.arange(n_gt)[:, None]
-                        acc = np.bincount(key.ravel(), weights=sub.ravel(), minlength=n_nodes * n_gt).reshape(n_nodes, n_gt)
-                        touched = np.unique(cc[g_nodes])
-                        inter[:, nodes[touched]] = acc[touched].T.astype(np.int32)
-                        has_gt[nodes[touched]] = True
-                    parent[nodes] = nodes[cc]
-                    size[rep], ign[rep], psum[rep], first[rep] = size_cc, ign_cc, psum_cc, first_cc[top]
-            # sizes only grow, so a big component stays big; new or grown ones hold a new pixel
-            new_roots = _find(parent, new)
-            new_roots = new_roots[size[new_roots] >= min_object_px]
-            big, _ = _unique(np.concatenate([_find(parent, big), new_roots]), scratch)
-        roots = big[2 * ign[big] < size[big]]
-        n_pred = roots.size
-        out[k, :, 0] = 0
-        out[k, :, 1] = n_pred
-        out[k, :, 2] = n_gt
-        if n_gt == 0 or n_pred == 0:
-            continue
-        touch_roots = roots[has_gt[roots]]
-        if touch_roots.size == 0:
-            continue
-        iou = iou_from_intersections(
-            inter[:, touch_roots].T.astype(np.float64), (size[touch_roots] - ign[touch_roots]).astype(np.float64), gt_area
-        )
-        score = psum[touch_roots] / size[touch_roots]
-        order = np.lexsort((first[touch_roots], -score))
-        for mi, tau in enumerate(iou_thresholds):
-            tp = len(greedy_match(iou, order, tau))
-            out[k, mi] = (tp, n_pred - tp, n_gt - tp)
+            big = _union_level(forest, new, lev, qpad, w, big, min_object_px)
+        _count_level(out[k], forest, big, gt_area, iou_thresholds)
     return out

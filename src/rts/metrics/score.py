@@ -7,20 +7,20 @@ otherwise. Prints a table and writes the JSON of :meth:`EvalAccumulator.result`.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rts.io import write_json_atomic
+from rts.errors import DataError
 from rts.metrics.accumulator import EvalAccumulator
+from rts.metrics.keys import OBJECT_METRICS, ap_key, object_key
 
 log = logging.getLogger(__name__)
 
 
-class ScoreError(ValueError):
+class ScoreError(DataError):
     """The prediction and label folders cannot be scored; the message names the files."""
 
 
@@ -86,7 +86,7 @@ def score_folders(
 def format_table(result: dict[str, Any]) -> str:
     """A readable table: one column per ratio, one row per headline metric."""
     cols = [k for k in result if k.startswith("ratio_")] + ["unweighted"]
-    rows = ["pr_auc", "iou_rts", "precision", "recall", "f05", "obj_iou0.3_precision", "obj_iou0.3_recall", "obj_iou0.3_f05", "ap30", "ap50", "frag_rate"]
+    rows = ["pr_auc", "iou_rts", "precision", "recall", "f05", *(object_key(0.3, m) for m in OBJECT_METRICS), ap_key(0.3), ap_key(0.5), "frag_rate"]
     rows = [r for r in rows if any(r in result[c] for c in cols)]
     head = f"{'metric':<22}" + "".join(f"{c.replace('ratio_', '1:'):>12}" for c in cols)
     lines = [f"tiles: {result['n_pos_tiles']} positive, {result['n_neg_tiles']} negative", head, "-" * len(head)]
@@ -94,27 +94,3 @@ def format_table(result: dict[str, Any]) -> str:
         vals = [result[c].get(r) for c in cols]
         lines.append(f"{r:<22}" + "".join(f"{'n/a' if v is None else format(v, '.4f'):>12}" for v in vals))
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pred_dir", type=Path, help="folder of probability GeoTIFFs (float in [0, 1])")
-    parser.add_argument("label_dir", type=Path, help="folder of label GeoTIFFs {0, 1, 255}, same file names")
-    parser.add_argument("--ratios", type=int, nargs="+", default=[200, 500, 1000], help="prevalence ratios 1:R")
-    parser.add_argument("--positive-from-labels", action="store_true", default=True,
-                        help="a tile is positive when its label has a 1 pixel (the only mode; accepted for clarity)")
-    parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
-    parser.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
-    parser.add_argument("--min-object-px", type=int, default=200, help="smallest object in pixels")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        result = score_folders(args.pred_dir, args.label_dir, ratios=tuple(args.ratios), threshold=args.threshold, min_object_px=args.min_object_px)
-    except ScoreError as e:
-        log.error("%s", e)
-        return 2
-    print(format_table(result))
-    if args.out is not None:
-        write_json_atomic(args.out, result)
-        log.info("wrote %s", args.out)
-    return 0

@@ -1,4 +1,4 @@
-"""Build segmentation models from ``params.yaml``'s ``model`` section (training guide section 2).
+"""Build segmentation models from ``params.yaml``'s ``model`` section.
 
 Every model maps (B, 3 + n_extra, H, W) z-scored input (RGB first) to logits (B, 1, H, W) at
 input resolution. UNet++ / U-Net / DeepLabV3+ / SegFormer come from segmentation-models-pytorch
@@ -41,17 +41,13 @@ from rts.models.foundation import FOUNDATION_ENCODERS, build_foundation_model, i
 from rts.models.fusion import LateFusionModel
 from rts.models.unet3plus import UNet3Plus
 from rts.models.vit import ViTBranch, ViTUNet, create_vit
+from rts.models.weights import WEIGHT_SUFFIXES, WeightsError, load_encoder_weights
 
 log = logging.getLogger(__name__)
 
 _SMP_ARCH = {"unet": "unet", "unetplusplus": "unetplusplus", "deeplabv3plus": "deeplabv3plus", "segformer": "segformer", "swin_unet": "unet"}
-_WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _SWIN_EXAMPLES = ["swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "convnext_tiny", "convnext_atto"]
 _VIT_EXAMPLES = ["vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_tiny_patch16_224", "vit_small_patch16_224"]
-
-
-class WeightsError(RuntimeError):
-    """Encoder weights were requested but could not be loaded."""
 
 
 # ------------------------------------------------------------------------------ encoder names
@@ -121,7 +117,7 @@ def _encoder_kwargs(encoder: str) -> dict[str, Any]:
 def _weights_file(value: str | None) -> Path | None:
     if value is None:
         return None
-    if value.endswith(_WEIGHT_SUFFIXES) or "/" in value or "\\" in value:
+    if value.endswith(WEIGHT_SUFFIXES) or "/" in value or "\\" in value:
         return Path(value)
     return None
 
@@ -162,63 +158,6 @@ def _with_library_weights(build: Callable[[], nn.Module], encoder: str, tag: Any
             f"({type(e).__name__}: {e}). The model hub is unreachable or the weights are not cached. To fix: "
             f"{_offline_hint(encoder, tag)}."
         ) from e
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a flat ``{name: tensor}`` state dict from ``.safetensors`` or ``.pth``/``.pt``."""
-    if not path.is_file():
-        raise WeightsError(f"model.encoder_weights: weights file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise WeightsError(f"model.encoder_weights: cannot read weights file {str(path)!r}: {type(e).__name__}: {e}") from e
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise WeightsError(f"model.encoder_weights: {str(path)!r} is not a flat state dict {{name: tensor}} (got {type(state).__name__})")
-    return state
-
-
-def _head(items: Sequence[str], n: int = 8) -> str:
-    return f"{list(items)[:n]}{' ... (%d in all)' % len(items) if len(items) > n else ''}"
-
-
-def check_and_load_state_dict(encoder: nn.Module, state: dict[str, torch.Tensor], path: str | Path, expected: str) -> None:
-    """Load ``state`` (read from ``path``) into ``encoder`` after strict key and shape checks.
-
-    Raises:
-        WeightsError: naming the file, the missing / unexpected / mismatched keys and ``expected``.
-    """
-    state = without_dropped_keys(encoder, state)
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_head(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_head(unexpected)}")
-        if mismatched:
-            problems.append(f"shape mismatches {_head(mismatched)}")
-        raise WeightsError(
-            f"model.encoder_weights: {str(path)!r} does not match encoder {type(encoder).__name__}: {'; '.join(problems)}. Expected {expected}"
-        )
-    encoder.load_state_dict(state, strict=True)
-
-
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load an encoder state dict file into ``encoder`` with strict key and shape checks.
-
-    Raises:
-        WeightsError: naming the file and the missing / unexpected / mismatched keys.
-    """
-    path = Path(path)
-    check_and_load_state_dict(encoder, read_state_dict(path), path, "the state dict of the 3-channel (RGB) encoder of the same model.encoder")
 
 
 def adapt_input_channels(module: nn.Module, in_channels: int, *, keep_rgb: bool) -> None:
@@ -279,24 +218,6 @@ def drop_unused_modules(net: nn.Module) -> list[str]:
                 setattr(module, attr, nn.Identity())
                 dropped.append(f"{name}.{attr}" if name else attr)
     return dropped
-
-
-def without_dropped_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` less the keys of modules :func:`drop_unused_modules` replaced in ``model`` (a hub
-    weights file, or a package written before they were dropped, still holds them)."""
-    modules = dict(model.named_modules())
-    own = set(model.state_dict())
-
-    def dropped(key: str) -> bool:
-        parts = key.split(".")
-        return any(isinstance(modules.get(".".join(parts[:i])), nn.Identity) for i in range(1, len(parts)))
-
-    return {k: v for k, v in state.items() if k in own or not dropped(k)}
-
-
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Strict ``load_state_dict``, except for the keys :func:`without_dropped_keys` leaves out."""
-    model.load_state_dict(without_dropped_keys(model, state), strict=True)
 
 
 class _FP32Forward:
@@ -445,7 +366,7 @@ def model_outputs_loss(
 
 
 def is_encoder_parameter(name: str) -> bool:
-    """The guide's freeze rule (7.4): a parameter belongs to the backbone if its name says so."""
+    """The freeze rule: a parameter belongs to the backbone if its name says so."""
     return "encoder" in name or "backbone" in name
 
 

@@ -1,6 +1,6 @@
-"""Exponential moving average of model weights (training guide section 7.7).
+"""Exponential moving average of model weights: a smoother model to validate and deploy than the last step's.
 
-Unlike the guide's sketch (which swaps weights in and out of the live model), the average lives
+Rather than swapping weights in and out of the live model, the average lives
 in a separate frozen copy, ``ema.module``, that is evaluated and saved directly: no
 ``apply_shadow``/``restore`` dance, and nothing to get wrong when an exception interrupts
 validation. Update rule after every optimizer step, for floating-point parameters::
@@ -41,7 +41,7 @@ class ModelEMA:
         model: The live model (may be wrapped in DDP and/or ``torch.compile``).
         decay: EMA decay in (0, 1) (``train.ema_decay``).
         warmup: If True, use ``decay * (1 - exp(-updates / warmup_steps))`` so early averages are
-            not dominated by the random initialisation. Off by default, as in the guide.
+            not dominated by the random initialisation. Off by default.
         warmup_steps: Time constant of the warm-up in optimizer steps.
 
     Attributes:

@@ -1,4 +1,4 @@
-"""Foundation-model encoders behind ``vit_unet`` (training guide 2.2, issue 8): Prithvi, SatMAE, SAM, DINOv2.
+"""Foundation-model encoders behind ``vit_unet``: Prithvi, SatMAE, SAM, DINOv2.
 
 Selected with ``model.arch: vit_unet`` and a *foundation name* in ``model.encoder``
 (:data:`FOUNDATION_ENCODERS`). Each is a timm architecture that reproduces the official image
@@ -39,11 +39,14 @@ from typing import Any, Literal
 
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter
 from timm.models.vision_transformer_sam import checkpoint_filter_fn as sam_filter
 from torch import nn
 
+from rts.models.fusion import LateFusionModel
 from rts.models.vit import ViTBranch, ViTUNet, block_indices
+from rts.models.weights import WeightsError, check_and_load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -233,15 +236,11 @@ def read_checkpoint(path: str | Path, name: str) -> dict[str, torch.Tensor]:
     Raises:
         WeightsError: the file is missing (with the download hint), unreadable or not a state dict.
     """
-    from rts.models.builder import WeightsError  # builder imports this module: avoid the cycle
-
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"model.encoder_weights: weights file {str(path)!r} does not exist. To fix: {download_hint(name, path)}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state: Any = load_file(str(path), device="cpu")
         else:
             with torch.serialization.safe_globals([argparse.Namespace]):
@@ -316,7 +315,6 @@ def load_foundation_weights(encoder: nn.Module, name: str, path: str | Path) -> 
         WeightsError: missing file (saying which file to download and where to put it), or
             missing / unexpected / wrong-shape keys, named.
     """
-    from rts.models.builder import WeightsError, check_and_load_state_dict
 
     spec = FOUNDATION_ENCODERS[name]
     state = read_checkpoint(path, name)
@@ -371,8 +369,6 @@ def build_foundation_model(
     Raises:
         WeightsError: ``weights`` is a library tag (no hub here) or the file is missing / does not match.
     """
-    from rts.models.builder import WeightsError
-    from rts.models.fusion import LateFusionModel
 
     if weights is not None and not weights.endswith((".pth", ".pt", ".safetensors")):
         raise WeightsError(

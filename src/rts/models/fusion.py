@@ -1,4 +1,4 @@
-"""Late fusion of RGB and EXTRA (NDVI, NIR, RE, SR) inputs (training guide section 2.3).
+"""Late fusion of RGB and EXTRA (NDVI, NIR, RE, SR) inputs into one segmentation.
 
 Two encoders of the same architecture, one per modality, produce feature pyramids of equal
 shapes; at every scale a :class:`CrossModalityAttention` block injects the EXTRA features into

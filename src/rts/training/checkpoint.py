@@ -1,4 +1,4 @@
-"""Checkpoints (guide 7.8): every N epochs keep the last N, a rolling ``last.pt`` for resume, and the
+"""Checkpoints: every N epochs keep the last N, a rolling ``last.pt`` for resume, and the
 best by the monitored metric. Written atomically on rank 0 only.
 
 The state is serialised once per epoch, to ``last.pt``; the numbered and best checkpoints of the same
@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from rts.errors import OutputError
 from rts.io import atomic_path
 
 _NUMBERED = re.compile(r"checkpoint_epoch_(\d{4,})\.pt$")
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(OutputError):
     """A checkpoint could not be written (typically a full disk); the previous file is untouched."""
 
 

@@ -154,7 +154,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = True) -> None:
-    """Seed python/numpy/torch with a per-rank offset; deterministic kernels when asked (guide 12.2).
+    """Seed python/numpy/torch with a per-rank offset; deterministic kernels when asked, so a seed reproduces a run.
 
     ``deterministic`` is enforced: an operation with no deterministic implementation on the device
     raises instead of warning (``torch.use_deterministic_algorithms(True)``). On CUDA that rules out

@@ -1,4 +1,4 @@
-"""Early stopping on a maximised metric with min_delta and patience (guide 8.3)."""
+"""Early stopping on a maximised metric with min_delta and patience: training stops when val-realistic PR-AUC has not improved for a while."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class EarlyStopping:
 
 
 def overfitting_warnings(history: list[dict]) -> list[str]:
-    """The guide's 8.4 indicators over the validation history (each entry a flat metric dict)."""
+    """Overfitting indicators over the validation history (train loss falling while validation loss rises, val-balanced and val-realistic diverging) (each entry a flat metric dict)."""
     out = []
     if len(history) >= 10:
         first, last = history[-10], history[-1]

@@ -1,8 +1,8 @@
-"""Learning-rate schedule (guide 7.5): linear warm-up from ``warmup_start_lr``, then cosine to ``min_lr``.
+"""Learning-rate schedule: linear warm-up from ``warmup_start_lr``, then cosine to ``min_lr``.
 
 Evaluated per optimizer step on a fractional epoch, so warm-up is smooth even with few epochs.
 The encoder's parameter group gets 0 while frozen and ``unfreeze_lr_multiplier`` x the base
-schedule afterwards (guide 7.4).
+schedule afterwards, so the pretrained encoder is not wrecked by the decoder's early gradients.
 """
 
 from __future__ import annotations

@@ -4,50 +4,20 @@ statistics the loop reports.
 A step never reads a value back to the host: the loss, the pixel counts of the train IoU and the
 loss sum stay on the device and are read once per validation (:meth:`TrainStats.reduce`). On a GPU
 each ``.item()`` / ``float(tensor)`` is a host-device synchronisation that stalls the launch queue;
-``tests/test_gpu_path.py`` checks that the step path calls none of them. The one exception is
+``tests/training/test_gpu_path.py`` checks that the step path calls none of them. The one exception is
 PyTorch's own fp16 GradScaler, which must read its found-inf flag to skip a step; bf16 (the
 default on H100) needs no scaler.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from rts.models import model_outputs_loss
 from rts.training import distributed as D
-
-# Test hook (environment only, never params): run the CPU through the GPU code path, with
-# autocast in this dtype, channels_last and the SyncBatchNorm conversion, so that a CPU test
-# exercises the same branches a GPU run takes ("bf16", or "fp16" for the GradScaler branch).
-EMULATE_ENV = "RTS_EMULATE_GPU"
-
-
-def emulated_amp() -> str | None:
-    value = os.environ.get(EMULATE_ENV, "").strip().lower()
-    if value and value not in ("bf16", "fp16"):
-        raise ValueError(f"{EMULATE_ENV}={value!r}: expected bf16 or fp16 (or unset)")
-    return value or None
-
-
-def gpu_path(device: torch.device) -> bool:
-    """Whether ``device`` takes the GPU code path (CUDA, or a CPU under :data:`EMULATE_ENV`)."""
-    return device.type == "cuda" or emulated_amp() is not None
-
-
-def amp_settings(device: torch.device, mixed_precision: bool) -> tuple[bool, torch.dtype | None, bool]:
-    """(autocast enabled, dtype, use GradScaler): bf16 where supported, fp16 + scaler otherwise,
-    fp32 on CPU (CPU autocast is slower than fp32 for these convolutions)."""
-    emulated = emulated_amp()
-    if emulated is not None and device.type == "cpu":
-        return (True, torch.bfloat16, False) if emulated == "bf16" else (True, torch.float16, True)
-    if not mixed_precision or device.type != "cuda":
-        return False, None, False
-    if torch.cuda.is_bf16_supported():
-        return True, torch.bfloat16, False
-    return True, torch.float16, True
 
 
 @dataclass
@@ -72,8 +42,6 @@ class TrainStep:
 
     def __call__(self, image: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, on_forward: Callable[[], None] | None = None):
         """One step; returns ``(outputs, loss)``, both still on the device."""
-        from rts.models import model_outputs_loss
-
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp[1], enabled=self.amp[0]):

@@ -1,0 +1,54 @@
+"""The ``rts`` command line (also ``python -m rts``).
+
+Each subcommand is a thin module of this package, ``rts.cli.<command>``, that defines
+``add_arguments(parser)`` and ``run(args) -> int`` over the library. A module is imported only when
+its command runs, so ``rts check`` does not pay for importing torch. An :class:`rts.errors.RtsError`
+prints one line and exits with its class's code (``rts.errors``); anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from rts.errors import exit_on_error
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("rts.cli.synth", "write the synthetic RTS dataset in the real on-disk format"),
+    "check": ("rts.cli.check", "run every data check of the dataset format; exit 1 on any problem"),
+    "score": ("rts.cli.score", "score a folder of probability GeoTIFFs against label GeoTIFFs"),
+    "predict": ("rts.cli.predict", "predict RTS over scenes or a tile list with a model package"),
+    "merge": ("rts.cli.merge", "mosaic the outputs of several predict chunks"),
+    "tiles": ("rts.cli.tiles", "build a training dataset from scenes and RTS polygons"),
+    "profile": ("rts.cli.profile", "measure peak memory and step time; find the largest batch"),
+    "estimate": ("rts.cli.estimate", "project GPU hours and cost for training and pan-Arctic inference"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rts", description="RTS segmentation tools")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    head = argv if split is None else argv[: split + 1]
+    known = build_parser().parse_args(head)  # prints usage and exits when no command is given
+    logging.basicConfig(
+        level=logging.DEBUG if known.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module_name, help_text = COMMANDS[known.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"rts {known.command}", description=help_text)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[split + 1 :])
+    return exit_on_error(lambda: module.run(args))

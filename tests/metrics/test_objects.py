@@ -1,0 +1,242 @@
+"""Object-level definitions: components, the edge cases of the object rules, greedy matching, COCO AP, grid pass."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from rts.metrics import objects
+from rts.metrics import (
+    coco_ap,
+    grid_object_counts,
+    grid_object_counts_reference,
+    grid_thresholds,
+    gt_components,
+    match_objects,
+    max_diameter_m,
+    pred_components,
+)
+
+
+def _boxes(shape, boxes, value=1.0, dtype=np.float64):
+    a = np.zeros(shape, dtype)
+    for r0, r1, c0, c1, *v in boxes:
+        a[r0:r1, c0:c1] = v[0] if v else value
+    return a
+
+
+# (case, prob boxes (r0, r1, c0, c1, p), label boxes, tau, expected (tp, fp, fn))
+# GT/pred boxes of 4x4 = 16 px and 4x9 = 36 px: IoU 16/36 = 0.444
+CASES = [
+    ("one prediction covers two objects", [(0, 4, 0, 9, 0.9)], [(0, 4, 0, 4), (0, 4, 5, 9)], 0.3, (1, 0, 1)),
+    ("one prediction covers two objects, strict IoU", [(0, 4, 0, 9, 0.9)], [(0, 4, 0, 4), (0, 4, 5, 9)], 0.5, (0, 1, 2)),
+    ("two predictions on one object", [(0, 4, 0, 4, 0.9), (0, 4, 5, 9, 0.8)], [(0, 4, 0, 9)], 0.3, (1, 1, 0)),
+    ("empty prediction", [], [(0, 4, 0, 4), (6, 10, 6, 10)], 0.3, (0, 0, 2)),
+    ("prediction without object", [(6, 10, 6, 10, 0.7)], [], 0.3, (0, 1, 0)),
+    ("perfect match", [(2, 6, 2, 6, 0.7)], [(2, 6, 2, 6)], 0.5, (1, 0, 0)),
+]
+
+
+@pytest.mark.parametrize(("case", "pboxes", "lboxes", "tau", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_matching_edge_cases_by_hand(case, pboxes, lboxes, tau, expected):
+    prob = _boxes((12, 12), pboxes)
+    label = _boxes((12, 12), lboxes, dtype=np.uint8)
+    pred = pred_components(prob, label, 0.5, min_object_px=1)
+    gt = gt_components(label, min_object_px=1)
+    tp, fp, fn, pairs = match_objects(pred, gt, tau)
+    assert (tp, fp, fn) == expected
+    assert len(pairs) == tp
+
+
+def test_higher_score_takes_the_object():
+    prob = _boxes((12, 12), [(0, 4, 0, 4, 0.6), (0, 4, 5, 9, 0.8)])
+    label = _boxes((12, 12), [(0, 4, 0, 9)], dtype=np.uint8)
+    pred = pred_components(prob, label, 0.5, min_object_px=1)
+    _, _, _, pairs = match_objects(pred, gt_components(label, min_object_px=1), 0.3)
+    assert pairs == [(1, 0)] and pred.score[1] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(("n_ignore", "kept"), [(2, False), (3, False), (1, True)])
+def test_prediction_half_on_ignore_is_dropped(n_ignore, kept):
+    prob = _boxes((6, 6), [(0, 1, 0, 4, 0.9)])  # 4 pixels
+    label = np.zeros((6, 6), np.uint8)
+    label[0, :n_ignore] = 255
+    pred = pred_components(prob, label, 0.5, min_object_px=1)
+    assert pred.n == int(kept)
+    if kept:
+        assert pred.area[0] == 4 - n_ignore and pred.size[0] == 4
+
+
+@pytest.mark.parametrize(("min_px", "n_pred", "n_gt"), [(1, 2, 2), (5, 1, 1), (17, 0, 0)])
+def test_min_object_px_drops_both_sides(min_px, n_pred, n_gt):
+    prob = _boxes((12, 12), [(0, 2, 0, 2, 0.9), (5, 9, 5, 9, 0.9)])  # 4 px and 16 px
+    label = (prob > 0).astype(np.uint8)
+    assert pred_components(prob, label, 0.5, min_object_px=min_px).n == n_pred
+    assert gt_components(label, min_object_px=min_px).n == n_gt
+
+
+def test_diagonal_pixels_are_one_component():
+    prob = np.eye(5)
+    assert pred_components(prob, np.zeros((5, 5), np.uint8), 0.5, min_object_px=1).n == 1
+
+
+@pytest.mark.parametrize(("gap", "distance", "n"), [(2, 0, 2), (2, 2, 2), (2, 3, 1), (1, 2, 1)])
+def test_merge_distance(gap, distance, n):
+    prob = np.zeros((4, 12))
+    prob[:, :3] = 0.9
+    prob[:, 3 + gap : 3 + gap + 3] = 0.9  # chessboard distance between the blobs = gap + 1
+    assert pred_components(prob, np.zeros_like(prob, np.uint8), 0.5, min_object_px=1, merge_distance_px=distance).n == n
+
+
+@pytest.mark.parametrize(
+    ("mask_boxes", "metres"),
+    [([(0, 1, 0, 1)], 3.0), ([(0, 1, 0, 10)], 30.0), ([(0, 10, 0, 10)], 3.0 * (np.sqrt(162) + 1))],
+)
+def test_max_diameter(mask_boxes, metres):
+    assert max_diameter_m(_boxes((12, 12), mask_boxes) > 0, 3.0) == pytest.approx(metres)
+
+
+def _random_scene(rng, size=48, n_gt=4, n_pred=6):
+    label = np.zeros((size, size), np.uint8)
+    for _ in range(n_gt):
+        r, c = rng.integers(0, size - 8, 2)
+        h, w = rng.integers(3, 12, 2)
+        label[r : r + h, c : c + w] = 1
+    label[rng.random((size, size)) < 0.03] = 255
+    prob = ndi.gaussian_filter(rng.random((size, size)), 1.0) * 0.5
+    for _ in range(n_pred):
+        r, c = rng.integers(0, size - 8, 2)
+        h, w = rng.integers(3, 12, 2)
+        prob[r : r + h, c : c + w] = rng.uniform(0.5, 1.0)
+    return np.clip(prob, 0, 1), label
+
+
+def _brute_force_match(prob, label, t, tau, min_px):
+    """Independent reference: pixel loops for components, IoU and the greedy rule."""
+    plab, n_p = ndi.label(prob >= t, structure=np.ones((3, 3)))
+    glab, n_g = ndi.label(label == 1, structure=np.ones((3, 3)))
+    preds = []
+    for i in range(1, n_p + 1):
+        m = plab == i
+        if m.sum() >= min_px and 2 * (m & (label == 255)).sum() < m.sum():
+            first = np.flatnonzero(m.ravel())[0]
+            preds.append((m & (label != 255), prob[m].mean(), first))
+    gts = sorted((np.flatnonzero((glab == j).ravel())[0], glab == j) for j in range(1, n_g + 1) if (glab == j).sum() >= min_px)
+    gts = [g for _, g in gts]
+    preds.sort(key=lambda x: (-x[1], x[2]))
+    used, tp = set(), 0
+    for m, _, _ in preds:
+        best, best_j = -1.0, None
+        for j, g in enumerate(gts):
+            if j in used:
+                continue
+            inter = (m & g).sum()
+            iou = inter / (m.sum() + g.sum() - inter)
+            if iou >= best:
+                best, best_j = iou, j
+        if best_j is not None and best >= tau and best > 0:
+            used.add(best_j)
+            tp += 1
+    return tp, len(preds) - tp, len(gts) - tp
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_matching_equals_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    prob, label = _random_scene(rng)
+    for tau in (0.1, 0.3, 0.5):
+        pred = pred_components(prob, label, 0.5, min_object_px=4)
+        tp, fp, fn, _ = match_objects(pred, gt_components(label, min_object_px=4), tau)
+        assert (tp, fp, fn) == _brute_force_match(prob, label, 0.5, tau, 4)
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("divisor", [1, 64, 10**9], ids=["union-edges", "mixed", "relabel-levels"])
+def test_grid_pass_equals_per_threshold_labelling(seed, divisor, monkeypatch):
+    # the divisor decides which levels are relabelled whole; force each path and the mix
+    monkeypatch.setattr(objects, "_LABEL_PATH_DIVISOR", divisor)
+    rng = np.random.default_rng(100 + seed)
+    prob, label = _random_scene(rng, size=40)
+    thresholds = grid_thresholds(25)
+    for min_px in (1, 6):
+        fast = grid_object_counts(prob, label, thresholds, (0.1, 0.3, 0.5), min_object_px=min_px)
+        ref = grid_object_counts_reference(prob, label, thresholds, (0.1, 0.3, 0.5), min_object_px=min_px)
+        np.testing.assert_array_equal(fast, ref)
+
+
+def test_grid_pass_on_constant_and_empty_maps():
+    label = _boxes((16, 16), [(2, 8, 2, 8)], dtype=np.uint8)
+    th = grid_thresholds(10)
+    for prob in (np.zeros((16, 16)), np.ones((16, 16)), np.full((16, 16), 0.55)):
+        np.testing.assert_array_equal(
+            grid_object_counts(prob, label, th, (0.3,), min_object_px=1),
+            grid_object_counts_reference(prob, label, th, (0.3,), min_object_px=1),
+        )
+
+
+def test_coco_ap_by_hand():
+    # ranked: TP, FP, TP with 2 GT -> precision envelope 1, 2/3, 2/3 at recall .5, .5, 1
+    ap = coco_ap(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2)
+    assert ap == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101, abs=1e-12)
+    assert np.isnan(coco_ap(np.array([0.5]), np.array([False]), 0))
+    assert coco_ap(np.zeros(0), np.zeros(0, bool), 3) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coco_ap_equals_pycocotools(seed):
+    pytest.importorskip("pycocotools")
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(seed)
+    images, anns, dets = [], [], []
+    scores, matched = {0.5: [], 0.3: []}, {0.5: [], 0.3: []}
+    n_gt = 0
+    for img_id in range(1, 6):
+        prob, label = _random_scene(rng, size=40)
+        label[label == 255] = 0  # pycocotools has no ignore label: compare on plain masks
+        prob = prob + rng.uniform(0, 1e-3, prob.shape)  # distinct component scores
+        images.append({"id": img_id, "height": 40, "width": 40})
+        pred = pred_components(prob, label, 0.5, min_object_px=4)
+        gt = gt_components(label, min_object_px=4)
+        n_gt += gt.n
+        for j in range(gt.n):
+            rle = mask_utils.encode(np.asfortranarray(gt.mask(j).astype(np.uint8)))
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": 1, "segmentation": rle,
+                         "area": float(gt.area[j]), "bbox": list(mask_utils.toBbox(rle)), "iscrowd": 0})
+        for i in range(pred.n):
+            rle = mask_utils.encode(np.asfortranarray(pred.mask(i).astype(np.uint8)))
+            dets.append({"image_id": img_id, "category_id": 1, "segmentation": rle, "score": float(pred.score[i])})
+        for tau in (0.5, 0.3):
+            _, _, _, pairs = match_objects(pred, gt, tau)
+            m = np.zeros(pred.n, bool)
+            m[[i for i, _ in pairs]] = True
+            scores[tau].append(pred.score)
+            matched[tau].append(m)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "rts"}]}
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(dets), iouType="segm")
+        ev.params.maxDets = [1000]
+        ev.params.areaRng = [[0, 1e10]]
+        ev.params.areaRngLbl = ["all"]
+        ev.params.iouThrs = np.array([0.3, 0.5])
+        ev.evaluate()
+        ev.accumulate()
+    for k, tau in enumerate((0.3, 0.5)):
+        ref = float(ev.eval["precision"][k, :, 0, 0, 0].mean())
+        ours = coco_ap(np.concatenate(scores[tau]), np.concatenate(matched[tau]), n_gt)
+        assert ours == pytest.approx(ref, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [10, 100, 37])
+def test_grid_levels_exact_on_threshold_values(n):
+    thresholds = grid_thresholds(n)
+    on_grid = np.arange(0, n + 1) / n
+    p = np.concatenate([on_grid, np.nextafter(on_grid, -1), np.nextafter(on_grid, 2), np.array([0.29, 0.57, 0.58])])
+    p = np.clip(p, 0, 1)
+    np.testing.assert_array_equal(objects._grid_levels(p, thresholds), np.searchsorted(thresholds, p, side="right"))

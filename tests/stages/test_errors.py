@@ -1,0 +1,52 @@
+"""A bad param or missing input stops a stage with one line naming the key or file and the fix,
+and a stable exit code (``rts.errors``): for train, before torchrun starts a single rank."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from workdir import REPO, make_workdir, run, set_params
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("errors") / "wd")
+
+
+def train_cmd() -> str:
+    """The train stage's command as dvc.yaml has it, for a world of one."""
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["cmd"].replace("${train.nproc}", "1").replace(
+        "PYTHONPATH=src ", "")
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr and "torch.distributed" not in stderr
+    return lines[0]
+
+
+def test_a_bad_param_stops_train_with_one_line_before_any_rank_starts(wd, tmp_path):
+    bad = tmp_path / "wd"
+    shutil.copytree(wd, bad)
+    set_params(bad / "params.yaml", {"train.batch_size": -4})
+    proc = run(["bash", "-c", train_cmd()], bad, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "train.batch_size" in one_line(proc.stderr)
+
+
+def test_train_without_prepared_inputs_names_the_file_and_the_fix(wd):
+    proc = run(["bash", "-c", train_cmd()], wd, check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    line = one_line(proc.stderr)
+    assert "prepared/" in line and "dvc repro prepare" in line
+
+
+def test_evaluate_without_a_trained_model_names_the_package(wd):
+    proc = run([sys.executable, "-m", "stages.evaluate"], wd, check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "models/train" in one_line(proc.stderr)

@@ -1,0 +1,206 @@
+"""The DVC pipeline through its real entry points, in a throw-away git + DVC repository:
+`dvc exp run` of all four stages, metrics and plots commands, a no-op `dvc repro prepare`, the
+queue with a loss grid, MLflow artifacts, the pinned demo dataset hash, and the dependency graph:
+every stage's deps and params are what it loads and reads, a forced prepare leaves the pipeline up
+to date, and an edit stales exactly the stages that load the edited module."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workdir import REPO, TINY, make_repo, run  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+
+
+def overrides(extra: dict | None = None) -> list[str]:
+    items = {**TINY, "train.max_epochs": 2, **(extra or {})}
+    out = []
+    for k, v in items.items():
+        out += ["-S", f"{k}={'null' if v is None else str(v).lower() if isinstance(v, bool) else v}"]
+    return out
+
+
+def git(repo: Path, *args: str) -> str:
+    return run(["git", *args], repo).stdout
+
+
+RECORDER = REPO / "tests" / "record_stage.py"
+
+
+def recorded(cmd: str) -> str:
+    """A stage command that runs the same stage module through ``tests/record_stage.py``."""
+    cmd = cmd.replace("--nproc-per-node=${train.nproc} -m stages.train", f"--nproc-per-node=${{train.nproc}} {RECORDER} stages.train")
+    return re.sub(r"python -m (stages\.\w+)", rf"python {RECORDER} \1", cmd)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("records")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the project's tracked files with tiny synthetic data added to DVC; each stage runs
+    through the recorder (the stage code and deps are the project's)."""
+    dest = make_repo(tmp_path_factory.mktemp("pipeline") / "repo", ["--preset", "tiny"])
+    spec = yaml.safe_load((dest / "dvc.yaml").read_text())
+    for stage in spec["stages"].values():
+        stage["cmd"] = recorded(stage["cmd"])
+        assert str(RECORDER) in stage["cmd"], stage["cmd"]
+    (dest / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    git(dest, "commit", "-qam", "stages through the recorder")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def exp_run(repo, records) -> Path:
+    """`dvc exp run` of the four stages, recording what each loaded and read."""
+    run(["dvc", "exp", "run", *overrides()], repo, timeout=900, RTS_RECORD_DIR=str(records))
+    return repo
+
+
+def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
+    repo = exp_run
+    for path in ["metrics/prepare.json", "metrics/train.json", "metrics/evaluate.json", "metrics/evaluate_test.json",
+                 "metrics/calibration.json", "metrics/test.json", "models/rts-model/model_card.md",
+                 "models/rts-model/threshold_calibration.json", "plots/pr_curves_val_realistic.png", "plots/reliability.png"]:
+        assert (repo / path).exists(), path
+    evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert set(evaluate) == {"val_balanced", "val_realistic"}
+    assert {"1:200", "1:500", "1:1000", "size_classes", "regions"} <= set(evaluate["val_realistic"])
+    assert "obj_iou0.3_precision" in evaluate["val_realistic"]["1:200"]
+    pr = json.loads((repo / "plots/pr/val_realistic_pixel_1-200.json").read_text())
+    assert pr and {"precision", "recall", "threshold"} <= set(pr[0]) and len(pr) <= 2000
+    test = json.loads((repo / "metrics/test.json").read_text())
+    assert set(test) == {"1:200", "1:500", "1:1000"}
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    assert "metrics/test.json" in json.dumps(shown)
+    diff = run(["dvc", "metrics", "diff", "--all"], repo).stdout
+    assert "metrics/evaluate.json" in diff
+    run(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
+    html = (repo / "plots_html/index.html").read_text()
+    assert "val_realistic_pixel_1-200" in html and "dvclive/train/plots/metrics" in html
+    status = run(["dvc", "status"], repo).stdout
+    assert "up to date" in status, status
+    again = run(["dvc", "repro", "prepare"], repo).stdout
+    assert "didn't change" in again and "Running stage 'prepare'" not in again
+
+    # MLflow: the training run holds the final artifacts, so one run tells the whole story
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("rts-segmentation-v2")
+    (run_info,) = client.search_runs([exp.experiment_id])
+    names = {a.path for a in client.list_artifacts(run_info.info.run_id, "final")}
+    assert {"final/model.pt", "final/threshold_calibration.json", "final/model_card.md", "final/test.json"} <= names
+    assert "val_realistic_pr_auc" in run_info.data.metrics and run_info.data.params["loss"] == "focal"
+
+
+def _code_deps(spec: dict) -> set[str]:
+    out = set()
+    for dep in spec.get("deps", []):
+        if dep.startswith(("src/", "stages/")):
+            path = REPO / dep
+            out |= {str(p.relative_to(REPO)) for p in path.rglob("*.py")} if path.is_dir() else {dep}
+    return out
+
+
+def test_each_stage_depends_on_exactly_the_code_it_loads_and_the_params_it_reads(exp_run, records):
+    """dvc.yaml against a real run: a loaded module that is not a dep makes DVC call a stale result
+    up to date; a dep that is not loaded re-runs the stage for nothing (hours of GPU for train)."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    problems = []
+    for name, stage in spec.items():
+        recs = [json.loads(p.read_text()) for p in sorted(records.glob(f"{name}.*.json"))]
+        assert recs, f"no record of stage {name}"
+        loaded = set().union(*(r["modules"] for r in recs))
+        read = set().union(*(r["params"] for r in recs))
+        deps = _code_deps(stage)
+        problems += [f"{name}: loads {m} but dvc.yaml does not list it" for m in sorted(loaded - deps)]
+        problems += [f"{name}: lists {m} but never loads it" for m in sorted(deps - loaded)]
+        declared = set(stage.get("params", []))
+        problems += [f"{name}: reads param {k} but dvc.yaml does not list it" for k in sorted(read)
+                     if k not in declared and k.split(".")[0] not in declared]
+        problems += [f"{name}: lists param {d} but never reads it" for d in sorted(declared)
+                     if not any(k == d or k.startswith(d + ".") for k in read)]
+    assert not problems, "\n".join(problems)
+
+
+def _status(repo: Path) -> dict:
+    return json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}")
+
+
+def test_forced_prepare_and_module_edits_stale_exactly_the_stages_that_load_them(exp_run, records):
+    repo = exp_run
+    run(["dvc", "repro", "-f", "prepare"], repo)
+    assert _status(repo) == {}, "prepare re-run on the same data and params changed its outputs"
+    loaded_by = {}
+    for p in records.glob("*.json"):
+        r = json.loads(p.read_text())
+        for m in r["modules"]:
+            loaded_by.setdefault(m, set()).add(r["stage"])
+    for module in ("src/rts/authoring/synth.py", "src/rts/authoring/tiles.py", "src/rts/cli/predict.py",
+                   "src/rts/evaluation/package.py", "src/rts/metrics/objects.py", "src/rts/data/normalization.py"):
+        path = repo / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            stale = {k.split(":")[-1] for k in _status(repo)}
+        finally:
+            path.write_text(original)
+        direct = loaded_by.get(module, set())
+        downstream = {"prepare": {"prepare", "train", "evaluate", "calibrate"}, "train": {"train", "evaluate", "calibrate"},
+                      "evaluate": {"evaluate", "calibrate"}, "calibrate": {"calibrate"}}
+        expected = set().union(*(downstream[s] for s in direct)) if direct else set()
+        # dvc status names the stages whose own deps changed; their descendants re-run with them
+        assert stale == direct, f"{module}: loaded by {sorted(direct)} (and so re-runs {sorted(expected)}), dvc status says {sorted(stale)}"
+    assert _status(repo) == {}
+
+
+def test_queued_loss_grid_gives_two_comparable_experiments(repo):
+    run(["dvc", "exp", "run", "--queue", *overrides({"train.max_epochs": 1}), "-S", "loss=focal,tversky"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    import time
+
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Failed" not in status, status
+    rows = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    found = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                data = rev.get("data") or {}
+                loss = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("loss")
+                test = data.get("metrics", {}).get("metrics/test.json", {}).get("data")
+                if loss and test and data["params"]["params.yaml"]["data"]["train"]["max_epochs"] == 1:
+                    found[loss] = test
+    assert set(found) == {"focal", "tversky"}
+    assert found["focal"].keys() == found["tversky"].keys()
+
+
+def test_regenerated_demo_dataset_matches_the_pinned_hash(tmp_path):
+    """`rts synth data --preset demo` reproduces exactly the dataset `data.dvc` pins."""
+    shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
+    git(tmp_path, "init", "-q")
+    run(["dvc", "init", "-q"], tmp_path)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "pinned")
+    run([sys.executable, "-m", "rts", "synth", "data", "--preset", "demo"], tmp_path)
+    # commit records the workspace hash in data.dvc (and caches the data): unchanged = identical
+    run(["dvc", "commit", "--force", "-q", "data.dvc"], tmp_path)
+    assert git(tmp_path, "diff", "data.dvc") == ""
+    assert json.loads(run(["dvc", "status", "data.dvc", "--json"], tmp_path).stdout or "{}") == {}

@@ -1,0 +1,212 @@
+"""The train stage through its real entry points: torchrun with 2 gloo processes, kill and resume,
+determinism, early stopping and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from workdir import make_workdir, run, set_params  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("training")]
+
+TRAIN = [sys.executable, "-m", "stages.train"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("train") / "base", {"train.max_epochs": 3})
+    run([sys.executable, "-m", "stages.prepare"], wd)
+    return wd
+
+
+def clone(prepared: Path, dest: Path, *, mlflow: bool = False) -> Path:
+    """A copy of the prepared folder; MLflow off unless the test inspects it (it costs seconds)."""
+    shutil.copytree(prepared, dest, ignore=shutil.ignore_patterns("checkpoints", "models", "dvclive", "mlruns.db", "metrics"))
+    set_params(dest / "params.yaml", {"tracking.mlflow": mlflow})
+    return dest
+
+
+def weights(wd: Path) -> dict:
+    return torch.load(wd / "models/train/model.pt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_gloo_ranks_disjoint_tiles_identical_weights_rank0_writes(prepared, tmp_path):
+    wd = clone(prepared, tmp_path / "ddp", mlflow=True)
+    dbg = tmp_path / "debug"
+    run(["torchrun", "--standalone", "--nproc-per-node=2", "-m", "stages.train", "--record-dir", str(dbg)], wd)
+    r0, r1 = (json.loads((dbg / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["indices"] and r1["indices"]
+    assert r0["weights_sha256"] == r1["weights_sha256"]
+    # disjoint shares: within every step the two ranks' negatives differ, and within an epoch no
+    # negative tile is drawn twice across ranks (the pool is large enough for one pass)
+    tiles = json.loads((wd / "prepared/splits/train.json").read_text())["tiles"]
+    positive = {i for i, t in enumerate(tiles) if t["positive"]}
+    bs, steps_per_epoch = 4, 2
+    for epoch in range(3):
+        span = slice(epoch * steps_per_epoch * bs, (epoch + 1) * steps_per_epoch * bs)
+        neg0 = [i for i in r0["indices"][span] if i not in positive]
+        neg1 = [i for i in r1["indices"][span] if i not in positive]
+        assert len(neg0) == len(neg1) == steps_per_epoch * bs // 2  # pos_fraction 0.5 on each rank
+        assert not set(neg0) & set(neg1)
+    # only rank 0 wrote: one model, one dvclive folder, one MLflow run
+    assert (wd / "models/train/model.pt").exists() and (wd / "checkpoints/last.pt").exists()
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{wd / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("rts-segmentation-v2")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
+    history = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_realistic_pr_auc")]
+    assert len(history) == 3  # one entry per validation, not per rank
+
+
+def test_kill_and_resume_reaches_the_same_weights_and_runs_are_deterministic(prepared, tmp_path):
+    straight = clone(prepared, tmp_path / "straight")
+    run(TRAIN, straight)
+    again = clone(prepared, tmp_path / "again")
+    run(TRAIN, again)
+    assert_same_weights(weights(straight), weights(again))
+    m1 = json.loads((straight / "metrics/train.json").read_text())
+    m2 = json.loads((again / "metrics/train.json").read_text())
+    assert {k: v for k, v in m1.items() if k != "wall_time_s"} == {k: v for k, v in m2.items() if k != "wall_time_s"}
+
+    killed = clone(prepared, tmp_path / "killed")
+    proc = run([*TRAIN, "--kill-at-step", "5"], killed, check=False)  # epoch 3 of 3, mid-epoch
+    assert proc.returncode != 0 and not (killed / "models/train/model.pt").exists()
+    state = torch.load(killed / "checkpoints/last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2
+    run(TRAIN, killed)  # train.resume: auto
+    assert_same_weights(weights(straight), weights(killed))
+    ckpt = torch.load(killed / "checkpoints/last.pt", map_location="cpu", weights_only=False)
+    for key in ("model", "optimizer", "scaler", "ema", "sampler", "rng", "config", "normalization_stats", "early_stopping"):
+        assert key in ckpt
+    numbered = sorted(p.name for p in (killed / "checkpoints").glob("checkpoint_epoch_*.pt"))
+    assert numbered == ["checkpoint_epoch_0001.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt"]
+
+
+def test_changed_config_does_not_resume_foreign_checkpoints(prepared, tmp_path):
+    wd = clone(prepared, tmp_path / "foreign")
+    run(TRAIN, wd)
+    set_params(wd / "params.yaml", {"loss": "tversky", "train.max_epochs": 1})
+    proc = run(TRAIN, wd)
+    assert "different configuration" in proc.stderr
+    assert torch.load(wd / "checkpoints/last.pt", map_location="cpu", weights_only=False)["epoch"] == 1
+
+
+def test_loader_workers_pin_opencv_to_one_thread():
+    """A loader worker must not spawn a thread per core for its warps (it competes with training)."""
+    import cv2
+
+    from rts.training.distributed import worker_init_fn
+
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        worker_init_fn(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _state(value: float) -> dict:
+    return {"epoch": int(value), "model": {"w": torch.full((64, 64), value)}}
+
+
+def test_checkpoints_share_one_write_per_epoch_and_keep_their_epochs(tmp_path):
+    """best.pt and the numbered file are links to the epoch's last.pt: one serialisation per epoch,
+    and replacing last.pt later leaves each of them holding its own epoch's state."""
+    from rts.training.checkpoint import CheckpointManager, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=2)
+    ckpts.save(_state(1), epoch=1, is_best=True)
+    assert load(ckpts.last_path)["epoch"] == 1
+    assert ckpts.best_path.stat().st_ino == ckpts.last_path.stat().st_ino == (tmp_path / "checkpoint_epoch_0001.pt").stat().st_ino
+    ckpts.save(_state(2), epoch=2, is_best=False)
+    ckpts.save(_state(3), epoch=3, is_best=False)
+    assert load(ckpts.best_path)["epoch"] == 1 and torch.equal(load(ckpts.best_path)["model"]["w"], torch.full((64, 64), 1.0))
+    assert load(ckpts.last_path)["epoch"] == 3
+    assert [p.name for p in ckpts.numbered()] == ["checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt"]
+    assert [load(p)["epoch"] for p in ckpts.numbered()] == [2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt", "last.pt"]
+
+
+def test_checkpoint_write_failure_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    """A full disk surfaces from torch's zip writer as a RuntimeError: the error names the file and the
+    free space, no temporary file is left behind, and the previous last.pt still loads."""
+    from rts.training import checkpoint
+    from rts.training.checkpoint import CheckpointManager, CheckpointWriteError, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=10, keep_last=1)
+    ckpts.save(_state(1), epoch=1, is_best=False)
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1675584 vs 1675480")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=r"last\.pt \(.*MiB free there\): .*unexpected pos"):
+        ckpts.save(_state(2), epoch=2, is_best=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert load(ckpts.last_path)["epoch"] == 1
+
+
+def _val_batches(tiles: list[dict], batch_size: int) -> list[dict]:
+    out = []
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i : i + batch_size]
+        out.append({k: torch.stack([torch.as_tensor(t[k]) for t in chunk]) for k in chunk[0]})
+    return out
+
+
+def test_one_validation_pass_serves_the_balanced_subset_exactly():
+    """val-balanced read from the val-realistic pass gives what a pass of its own gives."""
+    from rts.metrics import EvalAccumulator
+    from rts.training.loop import validate
+
+    gen = torch.Generator().manual_seed(0)
+    tiles = []
+    for i in range(10):
+        label = torch.zeros(32, 32, dtype=torch.uint8)
+        if i % 3 == 0:
+            label[4:20, 6:22] = 1
+        image = torch.randn(3, 32, 32, generator=gen) + 2.0 * label
+        tiles.append({"image": image, "target": label[None].float(), "valid": torch.ones(1, 32, 32), "label": label,
+                      "positive": bool(label.any()), "index": i})
+    balanced = [i for i in range(10) if i % 3 == 0 or i in (1, 5)]
+    model = torch.nn.Conv2d(3, 1, 3, padding=1)
+    torch.nn.init.constant_(model.weight, 0.1)
+    torch.nn.init.constant_(model.bias, -0.5)
+    loss_fn = lambda logits, target, valid: (((torch.sigmoid(logits) - target) ** 2) * valid).sum() / valid.sum()  # noqa: E731
+    regions = ["r"] * 10
+
+    def acc():
+        return EvalAccumulator(n_bins=1000, operating_threshold=0.5, object_thresholds=[0.5], iou_thresholds=[0.3], min_object_px=4)
+
+    shared = {"val_balanced": (acc(), [i in balanced for i in range(10)]), "val_realistic": (acc(), [True] * 10)}
+    losses = validate(model, _val_batches(tiles, 4), loss_fn=loss_fn, device=torch.device("cpu"), amp=(False, None, False),
+                      accumulators=shared, regions=regions)
+    alone = {"val_balanced": (acc(), [True] * 10)}
+    alone_losses = validate(model, _val_batches([tiles[i] for i in balanced], 3), loss_fn=loss_fn, device=torch.device("cpu"),
+                            amp=(False, None, False), accumulators=alone, regions=regions)
+
+    assert losses["val_balanced"][1] == len(balanced) and losses["val_realistic"][1] == 10
+    assert losses["val_balanced"][0] == pytest.approx(alone_losses["val_balanced"][0], rel=1e-6)
+    kw = dict(ratios=[], recall_targets=(), primary_iou=0.3)
+    got = shared["val_balanced"][0].result(**kw)["unweighted"]
+    want = alone["val_balanced"][0].result(**kw)["unweighted"]
+    assert got == want
+    assert got["iou_rts"] > 0  # the fixture is not degenerate: the model finds the squares
+    assert shared["val_realistic"][0].result(**kw)["unweighted"] != got  # and the subsets differ
