@@ -394,3 +394,47 @@ def test_pass_readers_start_clean_while_another_thread_holds_a_lock(tmp_path, mo
         release.set()
         thread.join()
     assert outcome == {"forkserver": True, "fork": False}, outcome
+
+
+def test_a_full_disk_at_the_finished_marker_keeps_the_accumulators_for_an_identical_rerun(tmp_path, monkeypatch):
+    """The accumulators were deleted before ``done.json`` was durable: after a failed marker the
+    re-run found every pass done, made empty accumulators and overwrote good outputs with all-nodata
+    ones, exiting 0. Now they stay until the marker is written, and the re-run writes the outputs of
+    an uninterrupted run."""
+    import errno
+
+    from rts.inference import predict as P
+
+    scene, predictor = _scene(tmp_path, rects=RECTS), make_predictor(RedMask())
+    predict_scene(predictor, scene, tmp_path / "a", threshold=0.5, num_workers=0, blocksize=64)
+    real = P.write_json_atomic
+
+    def full_disk(path, obj):
+        if Path(path).name == P.DONE_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(P, "write_json_atomic", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        predict_scene(predictor, scene, tmp_path / "b", threshold=0.5, num_workers=0, blocksize=64)
+    work = tmp_path / "b" / ".work" / "scene"
+    assert (work / "prob.f32").exists() and (work / "scale.u8").exists() and not (work / P.DONE_FILE).exists()
+    monkeypatch.setattr(P, "write_json_atomic", real)
+    entry = predict_scene(predictor, scene, tmp_path / "b", threshold=0.5, num_workers=0, blocksize=64)
+    assert entry["complete"] and entry["rts_count"] > 0
+    for name in ("scene.prob.tif", "scene.mask.tif", "scene.gpkg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_finished_passes_without_their_accumulators_are_an_error_not_empty_outputs(tmp_path):
+    from rts.errors import DataError
+    from rts.inference import predict as P
+
+    scene, predictor = _scene(tmp_path, rects=RECTS), make_predictor(RedMask())
+    predict_scene(predictor, scene, tmp_path / "out", threshold=0.5, num_workers=0, blocksize=64)
+    work = tmp_path / "out" / ".work" / "scene"
+    (work / P.DONE_FILE).unlink()  # the marker lost, the accumulators already gone (the old order)
+    good = (tmp_path / "out" / "scene.prob.tif").read_bytes()
+    with pytest.raises(DataError, match="finished passes but no prob.f32"):
+        predict_scene(predictor, scene, tmp_path / "out", threshold=0.5, num_workers=0, blocksize=64)
+    assert (tmp_path / "out" / "scene.prob.tif").read_bytes() == good, "the good outputs are untouched"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from rts.data.windows import crop_centre
+from rts.errors import DataError
 from rts.inference.outputs import (
     MASK_NODATA,
     PROB_NODATA,
@@ -117,10 +118,16 @@ class RegionState:
         else:
             write_json_atomic(settings_file, settings)
         shape = (region.height, region.width)
-        self.prob = self._memmap(work / "prob.f32", np.float32, shape)
-        self.scale = self._memmap(work / "scale.u8", np.uint8, shape)
+        missing = [name for name in ("prob.f32", "scale.u8") if not (work / name).exists()]
         self.manifest_path = work / "manifest.jsonl"
         self.done: dict[str, dict] = self._read_manifest()
+        if self.done and missing:
+            # never stand in empty accumulators for passes the manifest calls done: the outputs
+            # written from them would be all nodata
+            raise DataError(f"{work}: {len(self.done)} finished passes but no {' or '.join(missing)}; the outputs of an earlier "
+                            f"run may be complete (see {work / DONE_FILE}); delete {work} to predict this region again")
+        self.prob = self._memmap(work / "prob.f32", np.float32, shape)
+        self.scale = self._memmap(work / "scale.u8", np.uint8, shape)
 
     @staticmethod
     def _memmap(path: Path, dtype, shape) -> np.memmap:
@@ -506,8 +513,10 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
         if region.labels:
             entry["objects"] = object_scores(region, state, region.labels, threshold=threshold, min_object_px=min_object_px, iou=iou,
                                              susceptibility=susceptibility)
+        # the accumulators go only once the finished marker is durable: a marker that fails to
+        # write (a full disk) leaves them for the re-run, which writes the same outputs again
+        write_json_atomic(state.work / DONE_FILE, {"settings": settings, "threshold": threshold, "summary": {**entry, "complete": True}})
         entry["complete"] = True
-        write_json_atomic(state.work / DONE_FILE, {"settings": settings, "threshold": threshold, "summary": entry})
     finally:
         state.close(delete=entry.get("complete", False) and not keep_work)
     return entry
