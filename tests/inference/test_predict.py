@@ -438,3 +438,19 @@ def test_finished_passes_without_their_accumulators_are_an_error_not_empty_outpu
     with pytest.raises(DataError, match="finished passes but no prob.f32"):
         predict_scene(predictor, scene, tmp_path / "out", threshold=0.5, num_workers=0, blocksize=64)
     assert (tmp_path / "out" / "scene.prob.tif").read_bytes() == good, "the good outputs are untouched"
+
+
+@pytest.mark.parametrize("kind", ["uint16", "float01", "bgrn"])
+def test_a_scene_that_is_not_3_band_uint8_rgb_is_refused_before_the_model_loads(tmp_path, kind):
+    """A uint16 scene, a 0-1 float scene and a 4-band BGRN scene used to run with exit 0 and full,
+    wrong outputs. They are refused with the file, what it holds and how to make an RGB VRT."""
+    rgb = np.full((3, H, W), 10, np.uint8)
+    data = {"uint16": rgb.astype(np.uint16) * 40, "float01": rgb.astype(np.float32) / 255,
+            "bgrn": np.concatenate([rgb[::-1], rgb[:1]])}[kind]
+    scene = write_scene(tmp_path / f"{kind}.tif", data)
+    proc = _cli([str(scene), "--model", str(tmp_path / "no-such-package"), "--threshold", "0.5", "--workers", "0",
+                 "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{kind}.tif" in lines[0] and "3-band uint8 RGB" in lines[0] and "gdal_translate" in lines[0], lines
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

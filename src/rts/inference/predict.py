@@ -59,6 +59,7 @@ from rts.inference.scene import (
     TILE_OK,
     Region,
     TileWindows,
+    check_rgb_files,
     collate,
     fuse_scales,
     region_for_scene,
@@ -601,6 +602,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
             raise ValueError(f"{src} and {named[stem]} share the name {stem!r}, and outputs are named after it; "
                              "rename one or predict them into separate output folders")
         named[stem] = str(src)
+    check_rgb_files([*scenes, *([mosaic] if mosaic else [])])  # before the model: a wrong scene fails in seconds
     layer = SusceptibilityFilter.open(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
     predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp, benchmark=True)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from affine import Affine
 
+from rts.errors import DataError
 from rts.io import CRS, PIXEL_SIZE_M
 
 TILE_OK, TILE_NODATA, TILE_ERROR = "ok", "nodata", "error"
@@ -231,6 +232,37 @@ def fuse_scales(per_scale_logits: list[torch.Tensor]) -> tuple[torch.Tensor, tor
     return torch.sigmoid(fused), idx
 
 
+RGB_VRT_HINT = ("make a 3-band uint8 RGB VRT first, e.g. for a PlanetScope 4-band BGRN analytic scene: "
+                "gdal_translate -of VRT -b 3 -b 2 -b 1 -ot Byte -scale 0 3000 0 255 SCENE.tif SCENE_rgb.vrt")
+
+
+def check_rgb(src, path: str | Path) -> None:
+    """Refuse a raster that is not 3-band uint8 RGB, the training data's format.
+
+    Anything else used to run without a word: a uint16 or 0-1 float scene was cast to float32 and
+    normalised as if it were 0-255, and a 4-band BGRN scene was read as RGB (GDAL may even take
+    band 4 as alpha and skip passes as nodata); every output was wrong and the run exited 0.
+    """
+    dtype = src.dtypes[0] if src.count else "none"
+    if src.count != 3 or any(d != "uint8" for d in src.dtypes):
+        raise DataError(f"{path}: {src.count} band(s) of {dtype}; rts predict reads 3-band uint8 RGB (R, G, B). To fix: {RGB_VRT_HINT}")
+
+
+def check_rgb_files(paths: list[str | Path]) -> None:
+    """:func:`check_rgb` on every file, before any model is loaded. A file that cannot be opened is
+    left to the run, which logs it and goes on with the others (one broken download must not stop a
+    pan-Arctic run); a readable file in the wrong format stops it here, before any GPU time."""
+    import rasterio
+
+    for path in paths:
+        try:
+            src = rasterio.open(path)
+        except rasterio.errors.RasterioIOError:
+            continue
+        with src:
+            check_rgb(src, path)
+
+
 def region_for_scene(path: str | Path, *, tile_size: int, stride: int, extra: str | Path | None = None,
                      extra_bands: list[int] | None = None, labels: str | Path | None = None) -> Region:
     """The region of a whole scene; raises ValueError naming the file when it cannot be used."""
@@ -238,8 +270,7 @@ def region_for_scene(path: str | Path, *, tile_size: int, stride: int, extra: st
 
     path = Path(path)
     with rasterio.open(path) as src:
-        if src.count < 3:
-            raise ValueError(f"{path}: {src.count} band(s); a scene must be RGB (3 bands, uint8)")
+        check_rgb(src, path)
         warp = warp_arguments(src)
         with open_source(str(path), warp) as s:
             height, width, transform = s.height, s.width, s.transform
@@ -296,6 +327,7 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
 
     rows = read_tile_list(tile_list)
     with rasterio.open(mosaic) as src:
+        check_rgb(src, mosaic)
         warp = warp_arguments(src)
         with open_source(str(mosaic), warp) as s:
             H, W, transform = s.height, s.width, s.transform
