@@ -427,7 +427,7 @@ def test_a_full_disk_at_the_finished_marker_keeps_the_accumulators_for_an_identi
 
 
 def test_finished_passes_without_their_accumulators_are_an_error_not_empty_outputs(tmp_path):
-    from rts.errors import DataError
+    from rts.errors import OutputError
     from rts.inference import predict as P
 
     scene, predictor = _scene(tmp_path, rects=RECTS), make_predictor(RedMask())
@@ -435,7 +435,7 @@ def test_finished_passes_without_their_accumulators_are_an_error_not_empty_outpu
     work = tmp_path / "out" / ".work" / "scene"
     (work / P.DONE_FILE).unlink()  # the marker lost, the accumulators already gone (the old order)
     good = (tmp_path / "out" / "scene.prob.tif").read_bytes()
-    with pytest.raises(DataError, match="finished passes but no prob.f32"):
+    with pytest.raises(OutputError, match="finished passes but no prob.f32"):
         predict_scene(predictor, scene, tmp_path / "out", threshold=0.5, num_workers=0, blocksize=64)
     assert (tmp_path / "out" / "scene.prob.tif").read_bytes() == good, "the good outputs are untouched"
 
@@ -454,3 +454,23 @@ def test_a_scene_that_is_not_3_band_uint8_rgb_is_refused_before_the_model_loads(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{kind}.tif" in lines[0] and "3-band uint8 RGB" in lines[0] and "gdal_translate" in lines[0], lines
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_second_predict_into_a_region_being_written_is_refused(tmp_path):
+    """Two runs into one folder interleaved their outputs (a mask at 0.7 beside polygons and a run
+    log at 0.5, both exiting 0). A region's work folder is locked for the whole run."""
+    from rts.errors import OutputError
+    from rts.inference import predict as P
+
+    scene, predictor = _scene(tmp_path, rects=RECTS), make_predictor(RedMask())
+    lock = P.RegionLock(tmp_path / "out" / P.WORK_DIR / "scene")  # another run, mid-way
+    try:
+        with pytest.raises(OutputError, match="another rts predict is writing"):
+            predict_scene(predictor, scene, tmp_path / "out", threshold=0.7, num_workers=0, blocksize=64)
+        assert not (tmp_path / "out" / "scene.mask.tif").exists()
+    finally:
+        lock.release()
+    entry = predict_scene(predictor, scene, tmp_path / "out", threshold=0.7, num_workers=0, blocksize=64)
+    assert entry["complete"]
+    again = predict_scene(predictor, scene, tmp_path / "out", threshold=0.7, num_workers=0, blocksize=64)
+    assert again["tiles_run"] == 0, "the lock is released when a run ends"

@@ -20,6 +20,7 @@ The run log (``OUT/run_log.json``) is written at the end of every run.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import logging
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 
 from rts.data.windows import crop_centre
-from rts.errors import DataError
+from rts.errors import OutputError
 from rts.inference.outputs import (
     MASK_NODATA,
     PROB_NODATA,
@@ -103,6 +104,27 @@ def resolve_threshold(predictor: Predictor, threshold: float | None, ratio: int 
 # ------------------------------------------------------------------------------ state on disk
 
 
+class RegionLock:
+    """An exclusive lock on a region's work folder for one run, from its first pass to its
+    finished marker: two runs into one output folder would otherwise interleave their outputs (a
+    mask at one threshold beside polygons and a run log at another, both runs exiting 0)."""
+
+    def __init__(self, work: Path) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self._file = open(work / ".lock", "w")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise OutputError(f"{work}: another rts predict is writing this region; wait for it to finish, "
+                            "or predict into another --out folder") from None
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
 class RegionState:
     """Accumulator memmaps and the manifest of finished passes of one region."""
 
@@ -114,7 +136,7 @@ class RegionState:
             saved = json.loads(settings_file.read_text())
             if saved != settings:
                 diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-                raise ValueError(f"{work}: unfinished outputs made with different settings ({', '.join(diff)}); "
+                raise OutputError(f"{work}: unfinished outputs made with different settings ({', '.join(diff)}); "
                                  f"use a new output folder or delete {work} to start over")
         else:
             write_json_atomic(settings_file, settings)
@@ -125,7 +147,7 @@ class RegionState:
         if self.done and missing:
             # never stand in empty accumulators for passes the manifest calls done: the outputs
             # written from them would be all nodata
-            raise DataError(f"{work}: {len(self.done)} finished passes but no {' or '.join(missing)}; the outputs of an earlier "
+            raise OutputError(f"{work}: {len(self.done)} finished passes but no {' or '.join(missing)}; the outputs of an earlier "
                             f"run may be complete (see {work / DONE_FILE}); delete {work} to predict this region again")
         self.prob = self._memmap(work / "prob.f32", np.float32, shape)
         self.scale = self._memmap(work / "scale.u8", np.uint8, shape)
@@ -418,6 +440,22 @@ def object_scores(region: Region, state: RegionState, labels: str, *, threshold:
 # ------------------------------------------------------------------------------ public API
 
 
+def _open_region(region: Region, work: Path, settings: dict, threshold: float) -> RegionState | dict:
+    """The region's state to run (resumed where it stopped), or its finished entry when its outputs
+    are complete with these settings and threshold."""
+    done_file = work / DONE_FILE
+    if done_file.exists():
+        done = json.loads(done_file.read_text())
+        if done["settings"] == settings and done["threshold"] == threshold and all(Path(p).exists() for p in done["summary"]["outputs"].values()):
+            log.info("%s: already complete, skipped", region.name)
+            return {**done["summary"], "tiles_run": 0, "resumed": True}
+        if not (work / "prob.f32").exists():
+            raise OutputError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
+                            f"use a new output folder (or --keep-work to re-threshold later)")
+        done_file.unlink()
+    return RegionState(work, region, settings)
+
+
 def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
                    stride: int, batch_size: int = 8, num_workers: int = 2, blocksize: int = 512,
                    keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None,
@@ -449,19 +487,17 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                 "tiles": len(region.tiles)}
     if susceptibility.enabled:
         settings["susceptibility"] = susceptibility.describe()
-    done_file = work / DONE_FILE
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
                              "tiles_total": len(region.tiles)}
-    if done_file.exists():
-        done = json.loads(done_file.read_text())
-        if done["settings"] == settings and done["threshold"] == threshold and all(Path(p).exists() for p in done["summary"]["outputs"].values()):
-            log.info("%s: already complete, skipped", region.name)
-            return {**done["summary"], "tiles_run": 0, "resumed": True}
-        if not (work / "prob.f32").exists():
-            raise ValueError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
-                             f"use a new output folder (or --keep-work to re-threshold later)")
-        done_file.unlink()
-    state = RegionState(work, region, settings)
+    lock = RegionLock(work)
+    try:
+        state = _open_region(region, work, settings, threshold)
+    except BaseException:
+        lock.release()
+        raise
+    if isinstance(state, dict):  # already complete
+        lock.release()
+        return state
     try:
         resumed = len(state.done)
         if resumed:
@@ -481,13 +517,15 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         if len(state.done) < len(region.tiles):
             entry["complete"] = False  # some passes failed to read: outputs are written on a later, successful run
             state.close(delete=False)
+            lock.release()
             return entry
         entry["timing"] = {"passes_s": round(time.perf_counter() - t0, 3)}
     except BaseException:
         state.close(delete=False)
+        lock.release()
         raise
     finish = functools.partial(_finish_region, predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
-                               blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou)
+                               blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou, lock=lock)
     if finisher is None:
         return finish(susceptibility=susceptibility)
     own = susceptibility.own_copy()  # GDAL handles are not shared across threads
@@ -502,7 +540,8 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
 
 
 def _finish_region(predictor: Predictor, region: Region, state: RegionState, out_dir: Path, entry: dict, *, settings: dict,
-                   threshold: float, blocksize: int, keep_work: bool, min_object_px: int, iou: float, susceptibility) -> dict:
+                   threshold: float, blocksize: int, keep_work: bool, min_object_px: int, iou: float, susceptibility,
+                   lock: RegionLock) -> dict:
     """Write a region's outputs once all its passes are done; record ``done.json``; drop the accumulators."""
     try:
         t1 = time.perf_counter()
@@ -520,6 +559,7 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
         entry["complete"] = True
     finally:
         state.close(delete=entry.get("complete", False) and not keep_work)
+        lock.release()
     return entry
 
 
@@ -614,7 +654,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         jobs.append(("tiles", tiles, extras[0] if extras else None, None))
 
     def failed(src: str, e: Exception) -> None:
-        if isinstance(e, ValueError) and "different settings" in str(e):
+        if isinstance(e, OutputError):  # the output folder itself is unusable: no other input would fare better
             raise e
         log.error("%s: %s: %s", src, type(e).__name__, e)
         errors.append({"region": Path(src).stem, "file": str(src), "error": f"{type(e).__name__}: {e}"})
