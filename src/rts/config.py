@@ -9,6 +9,8 @@ data is read.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,6 +304,15 @@ class TrackingConfig:
     mlflow_tracking_uri: str = "sqlite:///mlruns.db"
     mlflow_experiment: str = "rts-segmentation-v2"
 
+    def __post_init__(self) -> None:
+        scheme = self.mlflow_tracking_uri.split(":", 1)[0].lower() if ":" in self.mlflow_tracking_uri else "file"
+        _check(scheme in MLFLOW_SCHEMES or (len(scheme) == 1 and scheme.isalpha()),  # a Windows drive letter is a path
+               "tracking.mlflow_tracking_uri", f"unknown scheme {scheme!r} in {self.mlflow_tracking_uri!r}; use one of "
+               f"{', '.join(MLFLOW_SCHEMES)} (e.g. sqlite:///mlruns.db or http://127.0.0.1:5000)")
+
+
+MLFLOW_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
 
 @dataclass
 class Params:
@@ -323,6 +334,7 @@ class Params:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
+        _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2^32), got {self.seed}")
         if self.sampler.balanced:
             n_pos = self.train.batch_size * self.sampler.pos_fraction_per_batch
             _check(
@@ -373,9 +385,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             # YAML reads "1e-4" (no dot) as a string; accept numeric strings explicitly.
             try:
-                return float(value)
+                value = float(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -391,7 +405,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
+        named = [f"{where}{k} (did you mean {where}{close[0]}?)" if (close := difflib.get_close_matches(k, names, n=1)) else where + k
+                 for k in unknown]
+        raise ConfigError(f"unknown key(s) {', '.join(named)}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
     kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -15,7 +15,7 @@ from rts.data.normalization import compute_stats, save_stats
 from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
 from rts.data.store import TileStore, io_workers, prefetch
 from rts.errors import DataError
-from rts.io import IGNORE, write_json_atomic
+from rts.io import IGNORE, tile_paths, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,27 @@ def run_checks(root: Path, store: TileStore | None = None) -> None:
         raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")
 
 
-def _label_counts(store: TileStore, tile_id: str) -> tuple[int, int]:
-    """(RTS pixels, non-ignored pixels) of one tile."""
+def _label_counts(store: TileStore, tile_id: str) -> tuple[int, int, tuple[int, ...]]:
+    """(RTS pixels, non-ignored pixels, shape) of one tile's label."""
     label = store.load(tile_id).label
-    return int((label == 1).sum()), int((label != IGNORE).sum())
+    return int((label == 1).sum()), int((label != IGNORE).sum()), tuple(label.shape)
 
 
-def split_summary(store: TileStore, manifests: dict[str, Manifest]) -> dict:
-    """Tiles per split and class, RTS pixel fraction (of labelled, non-ignored pixels)."""
+def split_summary(store: TileStore, manifests: dict[str, Manifest], tile_size: int | None = None) -> dict:
+    """Tiles per split and class, RTS pixel fraction (of labelled, non-ignored pixels).
+
+    Raises:
+        DataError: with ``tile_size``, a tile of another size (training would fail mid-epoch in
+            collate, evaluation at its first batch).
+    """
     summary = {}
     for name, manifest in manifests.items():
         rts = valid = 0
-        for tile_rts, tile_valid in prefetch(lambda rec: _label_counts(store, rec.tile_id), manifest.tiles, workers=io_workers()):
+        counts = prefetch(lambda rec: _label_counts(store, rec.tile_id), manifest.tiles, workers=io_workers())
+        for rec, (tile_rts, tile_valid, shape) in zip(manifest.tiles, counts):
+            if tile_size is not None and shape != (tile_size, tile_size):
+                raise DataError(f"{tile_paths(store.root, rec.tile_id)['label']}: {shape[-1]}x{shape[0]} px, but data.tile_size is "
+                                f"{tile_size}; every tile must be {tile_size}x{tile_size} (set data.tile_size or rebuild the tile)")
             rts += tile_rts
             valid += tile_valid
         summary[name] = {
@@ -86,7 +95,7 @@ def prepare(
         dataset_version=version,
         workers=io_workers(),
     )
-    summary = split_summary(store, manifests)
+    summary = split_summary(store, manifests, tile_size=data.tile_size)
     train = summary["train"]
     summary["class_pixel_counts"] = {"background": train["valid_pixels"] - train["rts_pixels"], "rts": train["rts_pixels"]}
     summary["dataset_version"] = version
