@@ -148,3 +148,33 @@ def test_model_package_round_trips_with_identical_predictions(tmp_path):
     write_json_atomic(pkg / "normalization_stats.json", changed)
     with pytest.raises(ValueError, match="does not match"):
         load_predictor(pkg)
+
+
+def test_the_package_is_written_as_a_unit(tmp_path, monkeypatch):
+    """A calibrate run killed between model.pt and threshold_calibration.json used to leave new
+    weights beside the old calibration, and load_predictor loaded the mix. A failure at any write
+    now leaves the previous package whole and no temporary folder."""
+    from rts.evaluation import package as P
+
+    train_dir, _, _, _ = _package(tmp_path)
+    cal = {"temperature": 2.0, "temperature_ratio": 500, "nll_before": 0.1, "nll_after": 0.09, "ece_before": 0.02, "ece_after": 0.01,
+           "target_precision": 0.8, "object_iou": 0.3, "tta": "none", "scales": [1.0],
+           "thresholds": {"500": {"object": {"threshold": 0.4, "reached": True, "precision": 0.9, "recall": 0.6},
+                                  "pixel": {"threshold": None, "reached": False, "best_precision": 0.5}}}}
+    out = tmp_path / "models/rts-model"
+    write_package(train_dir, out, cal, {}, [0.3])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = P.write_json_atomic
+
+    def killed(path, obj):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(P, "write_json_atomic", killed)
+    with pytest.raises(OSError):
+        write_package(train_dir, out, {**cal, "temperature": 3.0}, {}, [0.3])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")], "no temporary folder is left"
+    monkeypatch.setattr(P, "write_json_atomic", real)
+    write_package(train_dir, out, {**cal, "temperature": 3.0}, {}, [0.3])
+    assert load_predictor(out).temperature == 3.0
+    assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]

@@ -73,13 +73,30 @@ def model_card(package: dict, calibration: dict, test_report: dict, ious: list[f
 
 
 def write_package(train_package_dir: Path, out_dir: Path, calibration: dict, test_report: dict, ious: list[float]) -> Path:
-    """Copy the trained model into ``out_dir`` with calibration and a model card."""
+    """Copy the trained model into ``out_dir`` with calibration and a model card, as a unit.
+
+    Weights, statistics, calibration and card are written into a sibling temporary folder that then
+    replaces ``out_dir``: a run killed half-way used to leave new weights beside the old calibration,
+    which ``load_predictor`` loaded. A kill now leaves the previous package, or (inside the swap of
+    two renames) the previous one under ``.<name>.old``; leftovers are removed on the next write.
+    """
     package = load_package(train_package_dir)
     package["temperature"] = calibration["temperature"]
     package["thresholds"] = calibration["thresholds"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_atomic(package, out_dir / MODEL_FILE)
-    shutil.copyfile(train_package_dir / STATS_FILE, out_dir / STATS_FILE)
-    write_json_atomic(out_dir / CALIBRATION_FILE, calibration)
-    write_text_atomic(out_dir / "model_card.md", model_card(package, calibration, test_report, ious))
+    tmp, old = out_dir.parent / f".{out_dir.name}.tmp", out_dir.parent / f".{out_dir.name}.old"
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_atomic(package, tmp / MODEL_FILE)
+        shutil.copyfile(train_package_dir / STATS_FILE, tmp / STATS_FILE)
+        write_json_atomic(tmp / CALIBRATION_FILE, calibration)
+        write_text_atomic(tmp / "model_card.md", model_card(package, calibration, test_report, ious))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return out_dir
