@@ -124,22 +124,49 @@ def _state(value: float) -> dict:
     return {"epoch": int(value), "model": {"w": torch.full((64, 64), value)}}
 
 
-def test_checkpoints_share_one_write_per_epoch_and_keep_their_epochs(tmp_path):
-    """best.pt and the numbered file are links to the epoch's last.pt: one serialisation per epoch,
-    and replacing last.pt later leaves each of them holding its own epoch's state."""
+def test_checkpoints_are_independent_verified_files_that_keep_their_epochs(tmp_path):
+    """best.pt and the numbered files are copies, never hard links (truncating one truncated the
+    other), each with a checksum; replacing last.pt later leaves each holding its own epoch."""
     from rts.training.checkpoint import CheckpointManager, load
 
     ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=2)
     ckpts.save(_state(1), epoch=1, is_best=True)
     assert load(ckpts.last_path)["epoch"] == 1
-    assert ckpts.best_path.stat().st_ino == ckpts.last_path.stat().st_ino == (tmp_path / "checkpoint_epoch_0001.pt").stat().st_ino
+    inodes = {p.stat().st_ino for p in (ckpts.best_path, ckpts.last_path, tmp_path / "checkpoint_epoch_0001.pt")}
+    assert len(inodes) == 3, "independent files"
     ckpts.save(_state(2), epoch=2, is_best=False)
     ckpts.save(_state(3), epoch=3, is_best=False)
     assert load(ckpts.best_path)["epoch"] == 1 and torch.equal(load(ckpts.best_path)["model"]["w"], torch.full((64, 64), 1.0))
     assert load(ckpts.last_path)["epoch"] == 3
     assert [p.name for p in ckpts.numbered()] == ["checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt"]
     assert [load(p)["epoch"] for p in ckpts.numbered()] == [2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt", "last.pt"]
+    names = ["best.pt", "checkpoint_epoch_0002.pt", "checkpoint_epoch_0003.pt", "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + [n + ".sha256" for n in names])
+
+
+def test_resume_takes_the_newest_checkpoint_that_verifies_and_names_damaged_ones(tmp_path, caplog):
+    """A truncated last.pt was refused with torch's message and no file name; with last.pt missing,
+    training restarted from epoch 0 although an intact later checkpoint existed; a kill during a
+    write left its temporary file forever."""
+    from rts.errors import DataError
+    from rts.training.checkpoint import CheckpointManager, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=3)
+    for epoch in (1, 2, 3):
+        ckpts.save(_state(epoch), epoch=epoch, is_best=epoch == 1)
+    with open(ckpts.last_path, "r+b") as f:  # truncated by a full disk or a bad copy
+        f.truncate(1000)
+    with pytest.raises(DataError, match="last.pt: damaged"):
+        load(ckpts.last_path)
+    with caplog.at_level("WARNING"):
+        newest = ckpts.latest()
+    assert newest == tmp_path / "checkpoint_epoch_0003.pt" and load(newest)["epoch"] == 3
+    assert "last.pt: damaged" in caplog.text and "resuming from" in caplog.text
+    ckpts.last_path.unlink()
+    assert ckpts.latest() == tmp_path / "checkpoint_epoch_0003.pt"
+    (tmp_path / ".last.pt.abc123.pt").write_bytes(b"x" * 1000)  # a kill mid-write
+    CheckpointManager(tmp_path, every_n_epochs=1, keep_last=3)
+    assert not (tmp_path / ".last.pt.abc123.pt").exists()
 
 
 def test_checkpoint_write_failure_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -159,7 +186,7 @@ def test_checkpoint_write_failure_names_the_file_and_keeps_the_previous_one(tmp_
     with pytest.raises(CheckpointWriteError, match=r"last\.pt \(.*MiB free there\): .*unexpected pos"):
         ckpts.save(_state(2), epoch=2, is_best=False)
     monkeypatch.undo()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
     assert load(ckpts.last_path)["epoch"] == 1
 
 

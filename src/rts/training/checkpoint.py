@@ -1,14 +1,16 @@
 """Checkpoints: every N epochs keep the last N, a rolling ``last.pt`` for resume, and the
 best by the monitored metric. Written atomically on rank 0 only.
 
-The state is serialised once per epoch, to ``last.pt``; the numbered and best checkpoints of the same
-epoch are hard links to that file (``last.pt`` is later replaced by a rename, so the links keep their
-epoch's bytes). A UNet++/EfficientNet-B7 checkpoint with its optimizer and EMA state is over 1 GB:
-one write instead of three saves both the time and the disk.
+Each file is independent (a copy, never a hard link: truncating one must not truncate another)
+and carries a ``<name>.sha256`` beside it. Loading verifies the checksum and names the file when
+it is damaged; resume takes the newest checkpoint that verifies and says which. Temporary files
+left by a kill during a write are removed when a run starts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import shutil
@@ -17,10 +19,11 @@ from typing import Any
 
 import torch
 
-from rts.errors import OutputError
+from rts.errors import DataError, OutputError
 from rts.io import atomic_path
 
 _NUMBERED = re.compile(r"checkpoint_epoch_(\d{4,})\.pt$")
+log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OutputError):
@@ -35,25 +38,40 @@ def _fail(path: Path, err: BaseException) -> CheckpointWriteError:
     return CheckpointWriteError(f"could not write checkpoint {path} ({free}): {err}")
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_atomic(obj: Any, path: Path, *, checksum: bool = False) -> None:
+    """``torch.save`` to a temporary file, renamed onto ``path``; with ``checksum``, its ``.sha256`` beside it."""
     path = Path(path)
     try:
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(obj, tmp)
+            digest = file_digest(tmp) if checksum else None
+        if digest is not None:
+            with atomic_path(checksum_path(path)) as tmp:
+                tmp.write_text(digest + "\n")
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError from its zip writer
         raise _fail(path, e) from e
 
 
-def link_atomic(src: Path, dst: Path) -> None:
-    """Make ``dst`` hold ``src``'s bytes: a hard link where the filesystem has them, else a copy."""
+def copy_atomic(src: Path, dst: Path) -> None:
+    """Make ``dst`` an independent copy of ``src`` (and of its checksum)."""
     dst = Path(dst)
     try:
         with atomic_path(dst, suffix=".pt") as tmp:
-            tmp.unlink()
-            try:
-                os.link(src, tmp)
-            except OSError:  # no hard links on this filesystem (some FUSE mounts): same bytes, more disk
-                shutil.copyfile(src, tmp)
+            shutil.copyfile(src, tmp)
+        with atomic_path(checksum_path(dst)) as tmp:
+            shutil.copyfile(checksum_path(src), tmp)
     except OSError as e:
         raise _fail(dst, e) from e
 
@@ -63,6 +81,9 @@ class CheckpointManager:
         self.dir = Path(directory)
         self.every = every_n_epochs
         self.keep_last = keep_last
+        # a kill during a write leaves its temporary file (``.<name>.<random>.pt``): a checkpoint's size
+        for orphan in self.dir.glob(".*.pt*") if self.dir.is_dir() else []:
+            orphan.unlink(missing_ok=True)
 
     @property
     def last_path(self) -> Path:
@@ -78,17 +99,19 @@ class CheckpointManager:
 
     def save(self, state: dict, *, epoch: int, is_best: bool) -> None:
         """``epoch`` is the number of completed epochs."""
-        save_atomic(state, self.last_path)
+        save_atomic(state, self.last_path, checksum=True)
         if epoch % self.every == 0:
-            link_atomic(self.last_path, self.dir / f"checkpoint_epoch_{epoch:04d}.pt")
+            copy_atomic(self.last_path, self.dir / f"checkpoint_epoch_{epoch:04d}.pt")
             for old in self.numbered()[: -self.keep_last]:
                 old.unlink()
+                checksum_path(old).unlink(missing_ok=True)
         if is_best:
-            link_atomic(self.last_path, self.best_path)
+            copy_atomic(self.last_path, self.best_path)
 
     def clear(self) -> None:
         for p in [self.last_path, self.best_path, *self.numbered()]:
             p.unlink(missing_ok=True)
+            checksum_path(p).unlink(missing_ok=True)
 
     def set_aside(self, tag: str) -> Path:
         """Move this folder's checkpoints into ``set_aside/<tag>/`` (a new ``<tag>-N`` if taken) and
@@ -100,14 +123,44 @@ class CheckpointManager:
             dest = base / f"{tag}-{n}"
         dest.mkdir(parents=True)
         for p in [self.last_path, self.best_path, *self.numbered()]:
-            if p.exists():
-                os.replace(p, dest / p.name)
+            for f in (p, checksum_path(p)):
+                if f.exists():
+                    os.replace(f, dest / f.name)
         return dest
 
     def latest(self) -> Path | None:
-        return self.last_path if self.last_path.exists() else None
+        """The newest checkpoint that verifies (``last.pt``, then the numbered ones from the newest,
+        then ``best.pt``); each damaged one skipped is named in the log."""
+        for path in [self.last_path, *reversed(self.numbered()), self.best_path]:
+            if not path.exists():
+                continue
+            try:
+                verify(path)
+            except DataError as e:
+                log.warning("%s; trying an older checkpoint", e)
+                continue
+            if path != self.last_path:
+                log.warning("resuming from %s: %s is missing or damaged", path, self.last_path.name)
+            return path
+        return None
+
+
+def verify(path: Path) -> None:
+    """Raise :class:`DataError` naming ``path`` when its checksum is missing or differs."""
+    expected = checksum_path(path)
+    if not expected.exists():
+        raise DataError(f"{path}: no {expected.name} beside it, so it cannot be verified")
+    if file_digest(path) != expected.read_text().strip():
+        raise DataError(f"{path}: damaged (its sha256 differs from {expected.name}); delete it or resume from another checkpoint")
 
 
 def load(path: Path) -> dict:
-    # Our own files: they hold numpy RNG state and config dicts, so weights_only loading is off.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state, after its checksum verifies (files written before checksums load as they are)."""
+    path = Path(path)
+    if checksum_path(path).exists():
+        verify(path)
+    try:
+        # our own files: they hold numpy RNG state and config dicts, so weights_only loading is off
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}); delete it or resume from another one") from e
