@@ -82,3 +82,31 @@ def test_corrupt_file_is_named(tmp_path):
     _scene(tmp_path)
     (tmp_path / "pred" / "pos.tif").write_bytes(b"not a tiff")
     _expect(tmp_path, r"pos\.tif: cannot read GeoTIFF")
+
+
+def test_predict_nodata_counts_as_not_predicted(tmp_path):
+    """rts score refused the -1 nodata that rts predict writes where no pass ran; those pixels now
+    count like label 255, in neither class."""
+    prob = np.zeros((32, 32), np.float32)
+    label = np.zeros((32, 32), np.uint8)
+    label[4:12, 4:12] = 1
+    prob[4:12, 4:12] = 0.9
+    prob[20:, :] = -1.0  # no pass ran here
+    label[24:28, 0:8] = 1  # an RTS nobody predicted on: not a miss
+    write_geotiff(tmp_path / "pred" / "a.tif", prob, T, nodata=-1.0)
+    write_geotiff(tmp_path / "lab" / "a.tif", label, T)
+    r = score_folders(tmp_path / "pred", tmp_path / "lab", min_object_px=4)
+    assert r["unweighted"]["recall"] == 1.0 and r["unweighted"]["precision"] == 1.0
+
+
+def test_a_raster_without_crs_is_refused(tmp_path):
+    write_geotiff(tmp_path / "pred" / "a.tif", np.zeros((16, 16), np.float32), T, crs=None)
+    write_geotiff(tmp_path / "lab" / "a.tif", np.zeros((16, 16), np.uint8), T)
+    _expect(tmp_path, r"a\.tif: no CRS")
+
+
+def test_cli_min_object_px_zero_is_one_line_exit_2(tmp_path, capsys):
+    _scene(tmp_path)
+    assert main(["score", str(tmp_path / "pred"), str(tmp_path / "lab"), "--min-object-px", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--min-object-px: must be >= 1" in err[0], err
