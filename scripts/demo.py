@@ -94,8 +94,17 @@ def main() -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     t0 = time.time()
     ensure_data()
-    sh("dvc", "exp", "run", *override_args(DEMO_OVERRIDES))
+    params = ROOT / "params.yaml"
+    baseline = params.read_bytes()
+    try:
+        sh("dvc", "exp", "run", *override_args(DEMO_OVERRIDES))
+    finally:
+        # `dvc exp run -S` writes the overrides into the workspace params.yaml (on failure too): put
+        # the committed baseline back, so that a commit after the demo cannot replace it
+        params.write_bytes(baseline)
     print_results()
+    print("\nparams.yaml is the committed baseline again; the demo's params are in its experiment "
+          "(dvc exp show) and in dvc.lock, which is why `dvc status` now lists them as changed")
     print(f"\nmake demo finished in {(time.time() - t0) / 60:.1f} min")
     return 0
 
