@@ -399,3 +399,22 @@ def test_prepare_writes_the_same_bytes_on_every_run(dataset_root, tmp_path):
     stats = json.loads(first["normalization_stats.json"])
     assert "computed_date" not in stats
     assert stats_hash(dated(stats)) == stats_hash(stats), "the model's dated copy keeps the recorded hash"
+
+
+def test_stray_spaces_and_blank_rows_read_the_same_in_the_checks_and_prepare(tmp_path):
+    """`rts check` strips values and skips blank rows; the split reader did neither, so prepare
+    crashed with a traceback on files the check had passed."""
+    from rts.data.checks import check_dataset
+    from rts.data.prepare import prepare
+
+    root = make_dataset(tmp_path / "ds", size=32, regions={"alpha": (2, 2), "bravo": (2, 2), "charlie": (2, 2)})
+    clean = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    path = root / "metadata.csv"
+    lines = path.read_text().splitlines()
+    spaced = [lines[0]] + [",".join(f" {v} " for v in line.split(",")) for line in lines[1:]] + [",,,,,,"]
+    path.write_text("\n".join(spaced) + "\n")
+    assert not check_dataset(root)
+    again = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    assert {k: [t.tile_id for t in m.tiles] for k, m in again.items()} == {k: [t.tile_id for t in m.tiles] for k, m in clean.items()}
+    prepare(DataConfig(root=str(root), tile_size=32), PrepareConfig(), seed=0, out_dir=tmp_path / "prepared",
+            metrics_path=tmp_path / "m.json", cache_dir=None)

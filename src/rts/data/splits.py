@@ -80,9 +80,13 @@ class Manifest:
 
 
 def read_metadata(root: Path) -> list[dict[str, str]]:
+    """The rows of ``metadata.csv`` as the data checks read them: column names and values stripped
+    of surrounding spaces, blank rows (a line of only commas) skipped. The checks passed files that
+    this reader then crashed on when the two disagreed."""
     with open(root / "metadata.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return rows
+        reader = csv.reader(f)
+        header = [c.strip() for c in next(reader, [])]
+        return [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
 
 
 def read_splits(root: Path) -> dict[str, list[str]]:
