@@ -22,6 +22,7 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -263,17 +264,25 @@ def check_rgb_files(paths: list[str | Path]) -> None:
             check_rgb(src, path)
 
 
+def rgb_grid(path: str | Path) -> tuple[Any, int, int, Any]:
+    """(warp arguments, height, width, transform) of an RGB scene or mosaic on the output grid
+    (EPSG:3413, 3 m), after :func:`check_rgb`."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        check_rgb(src, path)
+        warp = warp_arguments(src)
+        with open_source(str(path), warp) as s:
+            return warp, s.height, s.width, s.transform
+
+
 def region_for_scene(path: str | Path, *, tile_size: int, stride: int, extra: str | Path | None = None,
                      extra_bands: list[int] | None = None, labels: str | Path | None = None) -> Region:
     """The region of a whole scene; raises ValueError naming the file when it cannot be used."""
     import rasterio
 
     path = Path(path)
-    with rasterio.open(path) as src:
-        check_rgb(src, path)
-        warp = warp_arguments(src)
-        with open_source(str(path), warp) as s:
-            height, width, transform = s.height, s.width, s.transform
+    warp, height, width, transform = rgb_grid(path)
     if extra is not None:
         with rasterio.open(extra) as ex:
             if ex.count != 4:
@@ -326,11 +335,7 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
     import rasterio
 
     rows = read_tile_list(tile_list)
-    with rasterio.open(mosaic) as src:
-        check_rgb(src, mosaic)
-        warp = warp_arguments(src)
-        with open_source(str(mosaic), warp) as s:
-            H, W, transform = s.height, s.width, s.transform
+    warp, H, W, transform = rgb_grid(mosaic)
     inv = ~transform
     boxes = []
     for tid, minx, miny, maxx, maxy in rows:

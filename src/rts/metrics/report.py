@@ -173,15 +173,19 @@ def object_curve(counts: Counts, ratio: int | None, iou: float) -> dict[str, lis
     }
 
 
+def point_scores(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    """(precision, recall, F0.5) of weighted counts at one operating point (NaN where undefined)."""
+    precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
+    return precision, recall, fbeta(precision, recall, 0.5)
+
+
 def pixel_metrics(counts: Counts, w: float, recall_targets: Sequence[float]) -> dict[str, Any]:
     """Pixel PR-AUC, point metrics at the operating threshold and precision at each recall target."""
     curve = pixel_pr_curve(counts, w)
     tp, fp, fn = weighted(counts.pix_op, w)
     out: dict[str, Any] = {"pr_auc": curve.average_precision()}
     out["iou_rts"] = safe_div(tp, tp + fp + fn)
-    out["precision"] = safe_div(tp, tp + fp)
-    out["recall"] = safe_div(tp, tp + fn)
-    out["f05"] = fbeta(out["precision"], out["recall"], 0.5)
+    out["precision"], out["recall"], out["f05"] = point_scores(tp, fp, fn)
     for r in recall_targets:
         out[f"precision_at_recall_{r:g}"], out[f"threshold_at_recall_{r:g}"] = curve.precision_at_recall(r)
     return out
@@ -196,10 +200,7 @@ def object_metrics(
     out: dict[str, Any] = {}
     for m, tau in enumerate(counts.iou_thresholds):
         otp, ofp, ofn = weighted(counts.obj_op[:, m], w)
-        precision, recall = object_key(tau, "precision"), object_key(tau, "recall")
-        out[precision] = safe_div(otp, otp + ofp)
-        out[recall] = safe_div(otp, otp + ofn)
-        out[object_key(tau, "f05")] = fbeta(out[precision], out[recall], 0.5)
+        out[object_key(tau, "precision")], out[object_key(tau, "recall")], out[object_key(tau, "f05")] = point_scores(otp, ofp, ofn)
         out[ap_key(tau)] = obj.coco_ap(counts.det_score, counts.det_matched[:, m], otp + ofn, det_w)
     pm = iou_index(counts.iou_thresholds, primary_iou)
     out["frag_rate"] = safe_div(counts.frag[pm, 1], counts.frag[pm, 0])
