@@ -237,3 +237,15 @@ def test_one_validation_pass_serves_the_balanced_subset_exactly():
     assert got == want
     assert got["iou_rts"] > 0  # the fixture is not degenerate: the model finds the squares
     assert shared["val_realistic"][0].result(**kw)["unweighted"] != got  # and the subsets differ
+
+
+def test_a_checkpoint_written_before_checksums_is_still_resumed(tmp_path):
+    """Skipping last.pt for want of a .sha256 would start the run over and overwrite it."""
+    from rts.training.checkpoint import CheckpointManager, checksum_path, load
+
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=1)
+    ckpts.save(_state(4), epoch=4, is_best=False)
+    for p in tmp_path.glob("*.sha256"):
+        p.unlink()
+    assert not checksum_path(ckpts.last_path).exists()
+    assert ckpts.latest() == ckpts.last_path and load(ckpts.last_path)["epoch"] == 4

@@ -135,7 +135,8 @@ class CheckpointManager:
             if not path.exists():
                 continue
             try:
-                verify(path)
+                if checksum_path(path).exists():  # written before checksums: taken as it is, not skipped
+                    verify(path)
             except DataError as e:
                 log.warning("%s; trying an older checkpoint", e)
                 continue
