@@ -418,3 +418,20 @@ def test_stray_spaces_and_blank_rows_read_the_same_in_the_checks_and_prepare(tmp
     assert {k: [t.tile_id for t in m.tiles] for k, m in again.items()} == {k: [t.tile_id for t in m.tiles] for k, m in clean.items()}
     prepare(DataConfig(root=str(root), tile_size=32), PrepareConfig(), seed=0, out_dir=tmp_path / "prepared",
             metrics_path=tmp_path / "m.json", cache_dir=None)
+
+
+def test_a_package_recorded_with_the_dated_hash_still_loads_its_statistics(tmp_path):
+    """Packages trained before the date left the hash recorded the hash of the dated file; they
+    must keep loading, and a real difference is still refused."""
+    import hashlib
+
+    from rts.data.normalization import load_stats
+    from rts.errors import DataError
+    from rts.io import write_json_atomic
+
+    stats = {"dataset_version": "2.0", "computed_date": "2026-01-01T00:00:00+00:00", "n_tiles_used": 3}
+    write_json_atomic(tmp_path / "s.json", stats)
+    old_hash = hashlib.sha256(json.dumps(stats, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert load_stats(tmp_path / "s.json", expected_hash=old_hash) == stats
+    with pytest.raises(DataError, match="does not match"):
+        load_stats(tmp_path / "s.json", expected_hash="0" * 64)
