@@ -249,3 +249,39 @@ def test_a_checkpoint_written_before_checksums_is_still_resumed(tmp_path):
         p.unlink()
     assert not checksum_path(ckpts.last_path).exists()
     assert ckpts.latest() == ckpts.last_path and load(ckpts.last_path)["epoch"] == 4
+
+
+def test_a_paused_run_from_before_the_fingerprint_change_resumes_instead_of_starting_over(tmp_path):
+    """Checkpoints written before the fingerprint covered only what training reads (and before the
+    statistics hash left the date out) hold the old fingerprint; the same configuration resumes
+    from them, another one is still set aside."""
+    import hashlib
+    import json
+
+    import torch
+
+    from rts.config import load_params
+    from rts.data.normalization import stats_hash
+    from rts.training import distributed as D
+    from rts.training.checkpoint import CheckpointManager
+    from rts.training.loop import _resume_decision, config_fingerprint, legacy_fingerprint
+    from workdir import REPO
+
+    params = load_params(REPO / "params.yaml")
+    stats = {"dataset_version": "2.0", "n_tiles_used": 3}
+    dated = {**stats, "computed_date": "2026-01-01T00:00:00+00:00"}
+    sha = stats_hash(stats)
+    dist = D.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    ckpts = CheckpointManager(tmp_path, every_n_epochs=1, keep_last=1)
+    old = legacy_fingerprint(params, dated)
+    # the old formula, written out: everything but evaluate/calibrate/tracking/prepare, the dated stats hash
+    d = {k: v for k, v in json.loads(json.dumps(__import__("dataclasses").asdict(params))).items()
+         if k not in ("evaluate", "calibrate", "tracking", "prepare")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("resume", "num_workers", "pin_memory", "prefetch_factor", "persistent_workers")}
+    d["stats"] = hashlib.sha256(json.dumps(dated, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert old == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    ckpts.save({"epoch": 3, "config_fingerprint": old, "normalization_stats": dated}, epoch=3, is_best=False)
+    assert _resume_decision(ckpts, config_fingerprint(params, sha), dist, params, sha) == ckpts.last_path
+    other = load_params(REPO / "params.yaml", overrides={"loss": "tversky"})
+    assert _resume_decision(ckpts, config_fingerprint(other, sha), dist, other, sha) is None
+    assert (tmp_path / "set_aside").is_dir()

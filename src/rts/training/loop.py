@@ -193,7 +193,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     data = load_training_data(params, prepared, dist, device)
     run = build_run(params, data, dist, device, amp, ckpt_dir)
     fingerprint = config_fingerprint(params, data.stats_sha)
-    resume_path = _resume_decision(run.ckpts, fingerprint, dist) if tc.resume == "auto" else None
+    resume_path = _resume_decision(run.ckpts, fingerprint, dist, params, data.stats_sha) if tc.resume == "auto" else None
     progress = resume(resume_path, run, data.sampler, dist, device) if resume_path is not None else Progress()
     tracker = start_tracking(params, data.stats, dist, live_dir, progress)
     step_fn = TrainStep(model=run.model, optimizer=run.optimizer, scaler=run.scaler, loss_fn=run.loss_fn, amp=amp, device=device,
@@ -496,7 +496,25 @@ class _HookRecord:
         })
 
 
-def _resume_decision(ckpts: CheckpointManager, fingerprint: str, dist: D.DistInfo) -> Path | None:
+def legacy_fingerprint(params: Params, checkpoint_stats: dict) -> str:
+    """The fingerprint checkpoints recorded before training's fingerprint was narrowed to what it
+    reads (it also held ``susceptibility``) and the statistics hash left the date out, so that a
+    paused run of the same configuration resumes across that change instead of starting over."""
+    d = {k: v for k, v in to_dict(params).items() if k not in ("evaluate", "calibrate", "tracking", "prepare")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _NON_TRAINING_KEYS}
+    d["stats"] = hashlib.sha256(json.dumps(checkpoint_stats, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _same_configuration(state: dict, fingerprint: str, params: Params, stats_sha: str) -> bool:
+    found = state.get("config_fingerprint")
+    if found == fingerprint:
+        return True
+    stats = state.get("normalization_stats") or {}  # a checkpoint from before the change above
+    return stats_hash(stats) == stats_sha and found == legacy_fingerprint(params, stats)
+
+
+def _resume_decision(ckpts: CheckpointManager, fingerprint: str, dist: D.DistInfo, params: Params, stats_sha: str) -> Path | None:
     """The checkpoint to resume from, decided on rank 0 and broadcast, so that every rank takes the
     same branch (and the same collectives) even while rank 0 moves files.
 
@@ -507,8 +525,9 @@ def _resume_decision(ckpts: CheckpointManager, fingerprint: str, dist: D.DistInf
     if dist.is_main:
         path = ckpts.latest()
         if path is not None:
-            found = load(path).get("config_fingerprint")
-            if found == fingerprint:
+            state = load(path)
+            found = state.get("config_fingerprint")
+            if _same_configuration(state, fingerprint, params, stats_sha):
                 decision = ("resume", str(path))
             else:
                 where = ckpts.set_aside(str(found or "unknown")[:12])
