@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from datasets import make_dataset  # noqa: E402
 
@@ -435,3 +436,18 @@ def test_a_package_recorded_with_the_dated_hash_still_loads_its_statistics(tmp_p
     assert load_stats(tmp_path / "s.json", expected_hash=old_hash) == stats
     with pytest.raises(DataError, match="does not match"):
         load_stats(tmp_path / "s.json", expected_hash="0" * 64)
+
+
+def test_a_region_listed_twice_in_one_split_is_a_warning_in_the_checks_and_once_in_prepare(tmp_path):
+    """The checks warned and passed; prepare then failed with "region in both train and train"."""
+    from rts.data.checks import run_checks
+
+    root = make_dataset(tmp_path / "ds", size=32, regions={"alpha": (2, 2), "bravo": (2, 2), "charlie": (2, 2)})
+    clean = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    splits = yaml.safe_load((root / "splits.yaml").read_text())
+    splits["train"] = splits["train"] * 2
+    (root / "splits.yaml").write_text(yaml.safe_dump(splits))
+    result = run_checks(root)
+    assert result.ok and any("listed 2 times" in w.reason for w in result.warnings)
+    again = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    assert {k: [t.tile_id for t in m.tiles] for k, m in again.items()} == {k: [t.tile_id for t in m.tiles] for k, m in clean.items()}

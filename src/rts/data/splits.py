@@ -104,7 +104,7 @@ def resolve_splits(
         raise DataError(f"{root / 'metadata.csv'}: missing columns {missing}")
     region_split: dict[str, str] = {}
     for split, regions in read_splits(root).items():
-        for region in regions:
+        for region in dict.fromkeys(regions):  # listed twice in one split: a warning of the checks, once here
             if region in region_split:
                 raise DataError(f"{root / 'splits.yaml'}: region {region!r} is in both {region_split[region]} and {split}")
             region_split[region] = split
