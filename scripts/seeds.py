@@ -27,7 +27,7 @@ def test_metrics_of(name: str) -> dict:
         for exp in row.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 if rev.get("name") == name:
-                    return rev["data"]["metrics"]["metrics/test.json"]["data"]
+                    return rev["data"]["metrics"]["metrics/headline.json"]["data"]["test_realistic"]
     raise SystemExit(f"experiment {name} not found in `dvc exp show`; run it first")
 
 

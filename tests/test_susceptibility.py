@@ -203,9 +203,9 @@ def test_calibration_fits_thresholds_on_filtered_probabilities(tmp_path):
     cfg = CalibrateConfig(ratios=[200], temperature_bins=500, temperature_ratio=200, target_precision=0.8)
     kw = dict(ev=ev, cfg=cfg, store=store, val_tiles=manifests["val_realistic"].tiles, test_tiles=manifests["test_realistic"].tiles,
               logits_dir=tmp_path / "logits")
-    off, _, _ = calibrate(**kw)
+    off, *_ = calibrate(**kw)
     with SusceptibilityLayer(layer_path, 0.5) as layer:
-        on, test_on, _ = calibrate(**kw, susceptibility=layer)
+        on, test_on, *_ = calibrate(**kw, susceptibility=layer)
     assert off["temperature"] == on["temperature"]  # T calibrates the model: fitted without the filter
     assert off["thresholds"]["200"]["object"]["reached"] is False  # the false alarm weighs 100 objects
     chosen = on["thresholds"]["200"]["object"]

@@ -86,7 +86,7 @@ def test_calibration_output_is_unchanged_when_test_labels_change(tmp_path):
     cfg = CalibrateConfig(ratios=[200, 500], temperature_bins=500)
     run = lambda: calibrate(ev=ev, cfg=cfg, store=TileStore(root), val_tiles=m["val_realistic"].tiles,  # noqa: E731
                             test_tiles=m["test_realistic"].tiles, logits_dir=logits_dir)
-    cal1, test1, _ = run()
+    cal1, test1, *_ = run()
     # rewrite every test label: RTS everywhere on positive tiles
     for rec in m["test_realistic"].tiles:
         if rec.positive:
@@ -96,7 +96,7 @@ def test_calibration_output_is_unchanged_when_test_labels_change(tmp_path):
             with rasterio.open(path) as src:
                 transform = src.transform
             write_geotiff(path, np.ones((1, 32, 32), np.uint8), transform)
-    cal2, test2, _ = run()
+    cal2, test2, *_ = run()
     assert json.dumps(cal1, sort_keys=True) == json.dumps(cal2, sort_keys=True)
     assert test1 != test2
     assert set(cal1["thresholds"]) == {"200", "500"} and cal1["fitted_on"] == "val_realistic"
@@ -178,3 +178,92 @@ def test_the_package_is_written_as_a_unit(tmp_path, monkeypatch):
     write_package(train_dir, out, {**cal, "temperature": 3.0}, {}, [0.3])
     assert load_predictor(out).temperature == 3.0
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_ratio_without_a_calibrated_threshold_reports_no_row_at_a_stand_in_threshold(tmp_path):
+    """The test report used to score test-realistic at the best-precision threshold (0.010 in the
+    demo) when no threshold reached the target, and the card printed that row as if calibrated."""
+    from rts.evaluation.calibrate import headline
+    from rts.evaluation.package import model_card
+
+    root = make_dataset(tmp_path / "ds", size=32, regions={"alpha": (2, 2), "bravo": (4, 8), "charlie": (4, 8)})
+    m = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200], seed=0)
+    logits_dir = tmp_path / "logits"
+    rng = np.random.default_rng(0)
+    for rec in m["val_realistic"].tiles + m["test_realistic"].tiles:  # a model that knows nothing: noise
+        label = TileStore(root).load(rec.tile_id).label
+        save_logits(logits_dir, rec.tile_id, np.where(label == 1, 0.5, 0.0) + rng.normal(0, 3.0, label.shape))
+    ev = EvaluateConfig(n_bins=500, n_object_thresholds=20, min_object_px=5)
+    cfg = CalibrateConfig(ratios=[200], temperature_bins=500, target_precision=0.99)
+    calibrated = calibrate(ev=ev, cfg=cfg, store=TileStore(root), val_tiles=m["val_realistic"].tiles,
+                           test_tiles=m["test_realistic"].tiles, logits_dir=logits_dir)
+    assert calibrated.calibration["thresholds"]["200"]["object"]["reached"] is False
+    for report in (calibrated.test_report, calibrated.val_report):
+        entry = report["1:200"]
+        assert entry["threshold"] is None and "not reached" in entry["note"]
+        assert set(entry) == {"threshold", "threshold_reached_target_on_val", "pr_auc", "note"}  # PR-AUC needs no threshold
+        assert 0.0 <= entry["pr_auc"] <= 1.0
+    head = headline(calibrated, cfg.iou)
+    assert head["test_realistic"]["1:200"]["threshold"] is None and head["test_realistic"]["1:200"]["iou_rts"] is None
+    package = {"model_config": {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "fusion": "early"},
+               "data_config": {"extra_channels": [], "tile_size": 32}, "normalization_stats_sha256": "0" * 64}
+    card = model_card(package, {**calibrated.calibration, "tta": "none", "scales": [1.0]}, calibrated.test_report, ev.iou_thresholds)
+    row = next(line for line in card.splitlines() if line.startswith("| 1:200 |") and "PR-AUC" not in line and "pixel IoU" not in line
+               and line.count("|") > 8)
+    assert "not reached" in row and "0.010" not in row
+
+
+def test_headline_holds_a_few_numbers_per_split_at_the_calibrated_thresholds(tmp_path):
+    from rts.evaluation.calibrate import headline
+
+    root = make_dataset(tmp_path / "ds", size=32, regions={"alpha": (2, 2), "bravo": (4, 8), "charlie": (4, 8)})
+    m = resolve_splits(root, val_balanced_ratio=1, realistic_ratios=[200, 500], seed=0)
+    logits_dir = tmp_path / "logits"
+    _fake_logits(root, logits_dir, m["val_realistic"].tiles + m["test_realistic"].tiles)
+    ev = EvaluateConfig(n_bins=500, n_object_thresholds=20, min_object_px=5)
+    cfg = CalibrateConfig(ratios=[200, 500], temperature_bins=500, target_precision=0.5)
+    calibrated = calibrate(ev=ev, cfg=cfg, store=TileStore(root), val_tiles=m["val_realistic"].tiles,
+                           test_tiles=m["test_realistic"].tiles, logits_dir=logits_dir)
+    head = headline(calibrated, 0.3)
+    assert set(head) == {"temperature", "val_realistic", "test_realistic"}
+    for split in ("val_realistic", "test_realistic"):
+        assert set(head[split]) == {"1:200", "1:500"}
+        for ratio, entry in head[split].items():
+            assert set(entry) == {"threshold", "pr_auc", "obj_iou0.3_precision", "obj_iou0.3_recall", "ap50", "iou_rts"}
+            chosen = calibrated.calibration["thresholds"][ratio[2:]]["object"]
+            assert entry["threshold"] == (chosen["threshold"] if chosen["reached"] else None)
+    n = sum(len(e) for split in ("val_realistic", "test_realistic") for e in head[split].values()) + 1
+    assert n <= 2 * 24 + 1
+
+
+def test_model_card_numbers_keep_their_digits_and_the_card_names_use_limits_and_data(tmp_path):
+    from rts.evaluation.package import _fmt, model_card, training_data
+
+    assert _fmt(0.9995) == "0.9995" and _fmt(0.99995) == "0.99995" and _fmt(1.0) == "1.0000" and _fmt(0.00004) == "0.00004"
+    (tmp_path / "version.json").write_text(json.dumps({"dataset_version": "2.0", "generator": "rts-synth/3"}))
+    data = training_data(tmp_path)
+    assert "SYNTHETIC" in data and "rts-synth/3" in data
+    package = {"model_config": {"arch": "unet", "encoder": "resnet18", "encoder_weights": None, "fusion": "early"},
+               "data_config": {"extra_channels": [], "tile_size": 32}, "normalization_stats_sha256": "0" * 64, "mlflow_run_id": "abc123"}
+    cal = {"temperature": 2.0, "temperature_ratio": 500, "nll_before": 0.1, "nll_after": 0.09, "ece_before": 0.02,
+           "ece_after": 0.01, "target_precision": 0.8, "object_iou": 0.3, "tta": "none", "scales": [1.0],
+           "thresholds": {"500": {"object": {"threshold": 0.4, "reached": True, "precision": 0.9995, "recall": 0.6},
+                                  "pixel": {"threshold": None, "reached": False, "best_precision": 0.5}}}}
+    card = model_card(package, cal, {"1:500": {"threshold": 0.4, "iou_rts": 0.99995}}, [0.3], data=data, mlflow="experiment `x`")
+    for heading in ("## Intended use", "## Limitations", "## Training data"):
+        assert heading in card
+    assert "SYNTHETIC" in card and "`abc123` in experiment `x`" in card and "0.9995" in card and "0.99995" in card
+
+
+def test_pr_plot_files_keep_the_curve_in_a_few_hundred_points():
+    """10,000 pixel thresholds used to go to the browser as 10,000 points per curve."""
+    from rts.evaluation.evaluate import curve_records
+
+    t = np.linspace(0, 1, 10000)
+    curve = {"threshold": list(t), "precision": list(0.2 + 0.8 * t ** 2), "recall": list(1 - t ** 0.5)}
+    records = curve_records(curve)
+    assert 100 < len(records) < 1500
+    assert records[0]["threshold"] == 0.0 and records[-1]["threshold"] == 1.0
+    pairs = [(r["precision"], r["recall"]) for r in records]
+    gaps = [max(abs(a[0] - b[0]), abs(a[1] - b[1])) for a, b in zip(pairs, pairs[1:])]
+    assert max(gaps) < 0.02  # no visible jump: the kept points trace the curve

@@ -63,7 +63,7 @@ def test_every_accepted_iou_runs_validation_evaluation_calibration_and_the_card(
     results = evaluate(make_predictor(RedMask(), tile_size=32), store, manifests, ids, ev, logits_dir=tmp_path / "eval/logits",
                        plots_dir=tmp_path / "plots", metrics_path=tmp_path / "evaluate.json", test_metrics_path=tmp_path / "test.json")
     assert object_key(iou, "precision") in results["val_realistic"][ratio_key(200)]
-    calibration, test_report, _ = calibrate(ev=ev, cfg=params.calibrate, store=store, val_tiles=val_tiles,
+    calibration, test_report, *_ = calibrate(ev=ev, cfg=params.calibrate, store=store, val_tiles=val_tiles,
                                             test_tiles=manifests["test_realistic"].tiles, logits_dir=tmp_path / "eval/logits")
     entry = test_report[ratio_key(200)]
     assert entry["threshold"] is not None and object_key(iou, "recall") in entry

@@ -15,6 +15,7 @@ An unreachable target is reported as such with the best precision seen; no silen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -132,10 +133,10 @@ def calibrated_accumulator(ev, logits_dir, tiles, temperature: float, *, operati
     return acc
 
 
-def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir, susceptibility: SusceptibilityFilter | None = None) -> tuple[dict, dict, dict]:
+def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir, susceptibility: SusceptibilityFilter | None = None) -> "Calibrated":
     """Fit T and thresholds on val-realistic only, then report test-realistic at them.
 
-    Returns ``(calibration, test_report, reliability_plots)``. ``val_tiles``/``test_tiles`` are
+    Returns a :class:`Calibrated`. ``val_tiles``/``test_tiles`` are
     TileRecords; labels are read from ``store``. Nothing computed from test tiles feeds back.
     With a ``susceptibility`` filter, T is fitted on the unfiltered logits (it calibrates the model);
     thresholds and the test report use the filtered probabilities (the deployed system filters).
@@ -174,21 +175,66 @@ def calibrate(*, ev, cfg, store, val_tiles, test_tiles, logits_dir, susceptibili
     if susceptibility.enabled:
         calibration["susceptibility"] = susceptibility.describe()  # the thresholds assume this filter
 
-    test_report = {}
+    def report(tiles) -> dict:
+        return report_at_thresholds(ev, cfg, thresholds, lambda: labelled(tiles), logits_dir, temperature, filtered)
+
+    val_report, test_report = report(val_tiles), report(test_tiles)
+    return Calibrated(calibration, test_report, {"before": before, "after": after}, val_report)
+
+
+class Calibrated(NamedTuple):
+    """What :func:`calibrate` returns: the package's calibration, the test report, the reliability
+    data before and after temperature scaling, and val-realistic scored at the chosen thresholds."""
+
+    calibration: dict
+    test_report: dict
+    reliability: dict
+    val_report: dict
+
+
+def report_at_thresholds(ev, cfg, thresholds: dict, labelled_tiles, logits_dir, temperature: float, filtered: dict) -> dict:
+    """Every metric per ratio at that ratio's calibrated object threshold, ``{"1:R": entry}``.
+
+    Where the target precision was not reached on val-realistic there is no calibrated threshold,
+    and nothing is reported at a stand-in one: the entry says "not reached" and keeps only the
+    threshold-free pixel PR-AUC.
+    """
+    out = {}
     for r in cfg.ratios:
         chosen = thresholds[str(r)]["object"]
-        t = chosen["threshold"] if chosen["reached"] else chosen.get("best_precision_threshold")
+        t = chosen["threshold"] if chosen["reached"] else None
         entry = {"threshold": t, "threshold_reached_target_on_val": chosen["reached"]}
-        if t is not None:
-            acc = calibrated_accumulator(ev, logits_dir, labelled(test_tiles), temperature, operating_threshold=t, **filtered)
-            res = acc.result(ratios=[r], recall_targets=(), primary_iou=cfg.iou)[result_key(r)]
+        acc = calibrated_accumulator(ev, logits_dir, labelled_tiles(), temperature,
+                                     operating_threshold=ev.threshold if t is None else t, **filtered)
+        res = acc.result(ratios=[r], recall_targets=(), primary_iou=cfg.iou)[result_key(r)]
+        if t is None:
+            entry.update(pr_auc=res.get("pr_auc"), note=f"not reached: no threshold gives precision {cfg.target_precision} on val-realistic")
+        else:
             entry.update({k: res.get(k) for k in ("pr_auc", "iou_rts", "precision", "recall", "f05", ap_key(0.3), ap_key(0.5), "frag_rate")})
             for tau in ev.iou_thresholds:
                 for m in OBJECT_METRICS:
                     entry[object_key(tau, m)] = res.get(object_key(tau, m))
-        test_report[ratio_key(r)] = entry
-    plots = [{"calibration": name, **row} for name, rel in (("before", before), ("after", after)) for row in rel["bins"]]
-    return calibration, test_report, {"reliability": plots, "before": before, "after": after}
+        out[ratio_key(r)] = entry
+    return out
+
+
+def headline(calibrated: Calibrated, iou: float) -> dict:
+    """The pipeline's one DVC metrics file: per split and ratio the calibrated threshold, pixel
+    PR-AUC and IoU, object precision and recall at ``iou`` and AP@0.5, plus the temperature.
+    Breakdowns (regions, size classes, every IoU) stay in the JSON reports."""
+    keys = ("threshold", "pr_auc", object_key(iou, "precision"), object_key(iou, "recall"), ap_key(0.5), "iou_rts")
+    out = {"temperature": calibrated.calibration["temperature"]}
+    for split, report in (("val_realistic", calibrated.val_report), ("test_realistic", calibrated.test_report)):
+        out[split] = {ratio: {k: entry.get(k) for k in keys} for ratio, entry in report.items()}
+    return out
+
+
+def reliability_series(calibrated: Calibrated) -> dict[str, list[dict]]:
+    """DVC plot files of the reliability diagram: before and after scaling, and the diagonal."""
+    series = {name: [{"confidence": b["confidence"], "accuracy": b["accuracy"], "weight": b["weight"]} for b in rel["bins"]]
+              for name, rel in calibrated.reliability.items()}
+    series["perfect"] = [{"confidence": 0.0, "accuracy": 0.0}, {"confidence": 1.0, "accuracy": 1.0}]
+    return series
 
 
 def render_reliability(before: dict, after: dict, temperature: float, png) -> None:
