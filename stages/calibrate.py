@@ -2,13 +2,13 @@
 deployable model package ``models/rts-model/`` and its MLflow artifacts."""
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 from rts.evaluation.calibrate import calibrate, render_reliability
 from rts.config import load_params
 from rts.errors import exit_on_error
+from rts.logs import configure
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest
 from rts.io import write_json_atomic
@@ -17,7 +17,7 @@ from rts.susceptibility import SusceptibilityFilter
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure()
     params = load_params("params.yaml")
     ev, cfg = params.evaluate, params.calibrate
     store = open_store(params.data.root, params.data.cache)
@@ -35,7 +35,11 @@ def main() -> int:
     write_json_atomic(Path("plots/reliability.json"), plots["reliability"])
     render_reliability(plots["before"], plots["after"], calibration["temperature"], Path("plots/reliability.png"))
     log_to_mlflow(params, package_dir)
-    print((package_dir / "model_card.md").read_text())
+    thresholds = ", ".join(f"1:{r} {'not reached' if t['object']['threshold'] is None else format(t['object']['threshold'], '.4f')}"
+                           for r, t in calibration["thresholds"].items())
+    print(f"temperature {calibration['temperature']:.4f}, ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}; "
+          f"object thresholds {thresholds}")
+    print(f"model package {package_dir}/, model card {package_dir / 'model_card.md'}, test report metrics/test.json")
     return 0
 
 

@@ -4,12 +4,12 @@ The model is rebuilt from its package alone (EMA weights, saved config, saved st
 ``evaluate`` params (TTA, scales, metric settings) are read here.
 """
 
-import logging
 import sys
 from pathlib import Path
 
 from rts.config import load_params
 from rts.errors import exit_on_error
+from rts.logs import configure
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest, read_metadata
 from rts.evaluation.evaluate import evaluate
@@ -19,7 +19,7 @@ from rts.susceptibility import SusceptibilityFilter
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure()
     params = load_params("params.yaml")
     ev = params.evaluate
     predictor = load_predictor("models/train", device="cuda" if _cuda() else "cpu", tta=ev.tta, scales=tuple(ev.scales))
@@ -30,10 +30,12 @@ def main() -> int:
     results = evaluate(predictor, store, manifests, all_ids, ev, logits_dir=Path("eval/logits"), plots_dir=Path("plots"),
                        metrics_path=Path("metrics/evaluate.json"), test_metrics_path=Path("metrics/evaluate_test.json"),
                        susceptibility=SusceptibilityFilter.from_params(params.susceptibility))
+    iou = ev.primary_iou
+    print(f"val-realistic  {'PR-AUC':>7} {'pixel IoU':>9} {f'obj P@{iou:g}':>9} {f'obj R@{iou:g}':>9}  (threshold {ev.threshold:g}, uncalibrated)")
     for r in ev.ratios:
         v = results["val_realistic"][ratio_key(r)]
-        p, rec = v[object_key(ev.primary_iou, "precision")], v[object_key(ev.primary_iou, "recall")]
-        print(f"val-realistic 1:{r}: PR-AUC {v['pr_auc']}, pixel IoU {v['iou_rts']}, object P/R@{ev.primary_iou:g} {p}/{rec}")
+        cells = [v["pr_auc"], v["iou_rts"], v[object_key(iou, "precision")], v[object_key(iou, "recall")]]
+        print(f"{f'1:{r}':<14} " + " ".join(f"{'n/a' if x is None else f'{x:.4f}':>{w}}" for x, w in zip(cells, (7, 9, 9, 9))))
     return 0
 
 

@@ -1,6 +1,5 @@
 """DVC stage `prepare`: data checks, split manifests, normalisation statistics, split summary."""
 
-import logging
 import sys
 from pathlib import Path
 
@@ -8,10 +7,11 @@ from rts.config import load_params
 from rts.data.prepare import prepare
 from rts.data.store import DEFAULT_CACHE_DIR
 from rts.errors import exit_on_error
+from rts.logs import configure
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure()
     params = load_params("params.yaml")
     summary = prepare(
         params.data,

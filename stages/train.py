@@ -7,13 +7,13 @@ wrapped in torchrun's failure report. ``--record-dir`` and ``--kill-at-step`` ar
 """
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from rts.config import load_params
 from rts.errors import DataError, exit_on_error
+from rts.logs import configure
 from rts.training.loop import TrainHooks, train
 
 PREPARED = Path("prepared")
@@ -30,10 +30,7 @@ def check() -> int:
 
 def main(hooks: TrainHooks) -> int:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
+    configure(rank=rank)
     params = load_params("params.yaml")
     train(params, prepared=PREPARED, models_dir=Path("models/train"), ckpt_dir=Path("checkpoints"),
           metrics_path=Path("metrics/train.json"), hooks=hooks)

@@ -465,3 +465,16 @@ def test_peel_dataset_trains_and_evaluates_end_to_end(tmp_path):
     assert train["steps"] == 6
     ev = json.loads((wd / "metrics" / "evaluate.json").read_text())
     assert ev["val_realistic"]["n_pos_tiles"] > 0 and ev["val_realistic"]["n_neg_tiles"] > 0
+
+
+def test_cli_logs_tile_progress_off_a_terminal(scene_setup, tmp_path, capsys, monkeypatch):
+    from rts.cli import main
+
+    monkeypatch.setenv("RTS_PROGRESS_INTERVAL", "0")
+    s = scene_setup
+    assert main(["tiles", "--scene", str(s["scene"]), "--polygons", str(s["polygons"]), "--out", str(tmp_path / "cli"),
+                 "--tile-size", "32", "--n-negatives", "2", "--negative-distance", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "INFO rts.progress: positive tiles: 1/4 cells (25%), " in err and ", ETA " in err  # 4 cells, one all-ignore
+    assert "INFO rts.progress: positive tiles: 4/4 cells in " in err
+    assert "INFO rts.progress: negative tiles: 2/2 tiles in " in err

@@ -474,3 +474,16 @@ def test_a_second_predict_into_a_region_being_written_is_refused(tmp_path):
     assert entry["complete"]
     again = predict_scene(predictor, scene, tmp_path / "out", threshold=0.7, num_workers=0, blocksize=64)
     assert again["tiles_run"] == 0, "the lock is released when a run ends"
+
+
+def test_predict_logs_its_passes_with_rate_and_eta_off_a_terminal(tmp_path):
+    pkg = write_package(tmp_path / "pkg")
+    scene = _scene(tmp_path)
+    proc = _cli([str(scene), "--model", str(pkg), "--threshold", "0.5", "--workers", "0", "--batch-size", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "out")], {"RTS_PROGRESS_INTERVAL": "0"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "INFO rts.progress: passes scene: " in line]
+    assert len(lines) == 5, proc.stderr  # one per batch of 4 passes, then the final line
+    assert "passes scene: 4/16 passes (25%), " in lines[0] and ", ETA " in lines[0]
+    assert "pass/s" in lines[0] or "s/pass" in lines[0]
+    assert "passes scene: 16/16 passes in " in lines[-1]

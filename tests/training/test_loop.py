@@ -4,6 +4,7 @@ determinism, early stopping and checkpoints."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -45,7 +46,11 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def test_two_gloo_ranks_disjoint_tiles_identical_weights_rank0_writes(prepared, tmp_path):
     wd = clone(prepared, tmp_path / "ddp", mlflow=True)
     dbg = tmp_path / "debug"
-    run(["torchrun", "--standalone", "--nproc-per-node=2", "-m", "stages.train", "--record-dir", str(dbg)], wd)
+    proc = run(["torchrun", "--standalone", "--nproc-per-node=2", "-m", "stages.train", "--record-dir", str(dbg)], wd)
+    # progress and the per-validation lines come from rank 0 alone
+    assert proc.stderr.count("INFO rts.progress: epoch 1/3: 2/2 steps in ") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("INFO rts.training.loop: epoch 1/3 step 2: ") == 1
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("[rank 1]") and " INFO " in line]
     r0, r1 = (json.loads((dbg / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["indices"] and r1["indices"]
     assert r0["weights_sha256"] == r1["weights_sha256"]
@@ -70,6 +75,34 @@ def test_two_gloo_ranks_disjoint_tiles_identical_weights_rank0_writes(prepared, 
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
     history = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_realistic_pr_auc")]
     assert len(history) == 3  # one entry per validation, not per rank
+
+
+def test_train_evaluate_calibrate_log_progress_compact_rounded_lines_and_a_short_summary(prepared, tmp_path):
+    wd = clone(prepared, tmp_path / "logs", mlflow=True)
+    err = run(TRAIN, wd, RTS_PROGRESS_INTERVAL="0").stderr
+    assert "INFO rts.progress: epoch 1/3: 1/2 steps (50%), " in err and ", ETA " in err
+    assert "INFO rts.progress: epoch 3/3: 2/2 steps in " in err
+    validations = [line for line in err.splitlines() if "INFO rts.training.loop: epoch " in line]
+    assert len(validations) == 3, err[-3000:]
+    for line in validations:
+        assert len(line) < 260 and "train loss " in line and "val loss " in line and "val-realistic 1:500 PR-AUC " in line
+        assert all(len(d) <= 4 for d in re.findall(r"\d\.(\d+)", line.split(": ", 1)[1])), line  # rounded
+    assert "(new best)" in validations[0]
+    # one format: MLflow's own handler (its dated format) is gone, and it is quiet at INFO
+    assert not re.search(r"^\d{4}/\d\d/\d\d ", err, re.M) and " INFO mlflow" not in err
+
+    proc = run([sys.executable, "-m", "stages.evaluate"], wd, RTS_PROGRESS_INTERVAL="0")
+    for split in ("val_realistic", "test_realistic"):
+        assert f"INFO rts.progress: inference {split}: 1/16 tiles (6%), " in proc.stderr
+        assert f"INFO rts.progress: inference {split}: 16/16 tiles in " in proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("1:")]
+    assert [r.split()[0] for r in rows] == ["1:200", "1:500", "1:1000"], proc.stdout
+    assert all(re.fullmatch(r"1:\d+\s+((\d\.\d{4}|n/a)\s*){4}", r) for r in rows), rows
+
+    # calibrate ends with a short summary and where the card is, not the whole card
+    out = run([sys.executable, "-m", "stages.calibrate"], wd).stdout.splitlines()
+    assert len(out) == 2 and out[0].startswith("temperature ") and "object thresholds 1:200 " in out[0], out
+    assert "model card models/rts-model/model_card.md" in out[1] and (wd / "models/rts-model/model_card.md").is_file()
 
 
 def test_kill_and_resume_reaches_the_same_weights_and_runs_are_deterministic(prepared, tmp_path):

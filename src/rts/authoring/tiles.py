@@ -55,6 +55,7 @@ from rts.io import (
     write_json_atomic,
     write_text_atomic,
 )
+from rts.logs import bar, progress
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +491,7 @@ def _build_positives(job: _Build, pos_cells: dict[tuple[int, int], list[int]]) -
     counts = job.counts
     covered_polys: set[int] = set()
     counts["partial_polygon_tile_pairs_ignored"] = 0  # counted for written and skipped tiles
-    for (ix, iy), cands in sorted(pos_cells.items()):
+    for (ix, iy), cands in progress(sorted(pos_cells.items()), desc="positive tiles", unit="cell"):
         scene = _scene_for(job, cell_box(ix, iy, job.opts))
         if scene is None:
             counts["positive_cells_not_covered"] = counts.get("positive_cells_not_covered", 0) + 1
@@ -522,9 +523,13 @@ def _build_negatives(job: _Build, neg_geoms: list[shapely.Geometry], pos_cells: 
     target = job.opts.n_negatives if job.opts.n_negatives is not None else n_pos
     candidates = _negative_cells(job, neg_geoms)
     n_neg = 0
+    # random negatives stop at the target count; given locations are all tried
+    shown = bar(len(candidates) if neg_geoms else target, desc="negative tiles", unit="cell" if neg_geoms else "tile")
     for ix, iy in candidates:
         if not neg_geoms and n_neg >= target:
             break
+        if neg_geoms:
+            shown.update()
         cell = cell_box(ix, iy, job.opts)
         if tile_id(ix, iy) in job.done and job.done[tile_id(ix, iy)]["TrainClass"] == POSITIVE or (ix, iy) in pos_cells:
             counts["negative_skipped_has_rts"] = counts.get("negative_skipped_has_rts", 0) + 1
@@ -536,7 +541,11 @@ def _build_negatives(job: _Build, neg_geoms: list[shapely.Geometry], pos_cells: 
         if scene is None:
             counts["negative_skipped_not_covered"] = counts.get("negative_skipped_not_covered", 0) + 1
             continue
-        n_neg += _process_tile(job, ix, iy, scene, [], "negative") in ("written", "resumed")
+        written = _process_tile(job, ix, iy, scene, [], "negative") in ("written", "resumed")
+        n_neg += written
+        if written and not neg_geoms:
+            shown.update()
+    shown.close()
     counts["negative_target"] = None if neg_geoms else target
 
 

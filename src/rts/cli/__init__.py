@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from rts.errors import exit_on_error
+from rts.logs import configure
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("rts.cli.synth", "write the synthetic RTS dataset in the real on-disk format"),
@@ -28,9 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: debug logging of rts; -vv: also of the libraries (rasterio, MLflow, ...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rts", description="RTS segmentation tools")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -42,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     split = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
     head = argv if split is None else argv[: split + 1]
     known = build_parser().parse_args(head)  # prints usage and exits when no command is given
-    logging.basicConfig(
-        level=logging.DEBUG if known.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(known.verbose)
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"rts {known.command}", description=help_text)
     module.add_arguments(parser)
+    add_verbosity(parser)  # -v/-vv after the command too: `rts check -v DATA`
     args = parser.parse_args(argv[split + 1 :])
+    if args.verbose:
+        configure(known.verbose + args.verbose)
     return exit_on_error(lambda: module.run(args))

@@ -126,7 +126,7 @@ def check_dataset(root: Path, *, progress: bool = False, workers: int = 1, on_ti
     Args:
         root: The dataset folder (``PLANET-RGB/``, ``EXTRA/``, ``labels/``, ``metadata.csv``,
             ``splits.yaml``, ``version.json``).
-        progress: Show a progress bar over tiles.
+        progress: Show progress over tiles (a bar on a terminal, a log line every 30 s otherwise).
         workers: Threads reading tiles; GDAL releases the GIL while decoding, so a few threads
             help on a real dataset.
         on_tile: Called as ``on_tile(tile_id, {"rgb": ..., "extra": ..., "label": ...})`` with the
@@ -581,9 +581,9 @@ def _map(fn: Any, jobs: Iterable[Any], workers: int, *, total: int, progress: bo
         pool, results = None, map(fn, jobs)
     try:
         if progress:
-            from tqdm import tqdm
+            from rts.logs import progress as show_progress
 
-            results = tqdm(results, total=total, desc="rts check", unit="tile")
+            results = show_progress(results, total=total, desc="data checks", unit="tile")
         yield from results
     finally:
         if pool is not None:

@@ -16,6 +16,7 @@ from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
 from rts.data.store import TileStore, io_workers, prefetch
 from rts.errors import DataError
 from rts.io import IGNORE, tile_paths, write_json_atomic
+from rts.logs import Progress, bar
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,21 @@ class DataCheckError(DataError, RuntimeError):
 def run_checks(root: Path, store: TileStore | None = None) -> None:
     """Fail on any data problem. With ``store``, the tiles the checks decode also fill its cache, so
     the statistics and summary that follow do not decode them again."""
-    problems = check_dataset(root, workers=io_workers(), on_tile=store.put_decoded if store is not None else None)
+    problems = check_dataset(root, progress=True, workers=io_workers(), on_tile=store.put_decoded if store is not None else None)
     if problems:
         raise DataCheckError(f"{root}: {len(problems)} data problem(s); nothing was written:\n{format_report(problems)}")
+
+
+class _Counted:
+    """Ids to iterate any number of times (the statistics make two passes), advancing ``shown`` by one per id taken."""
+
+    def __init__(self, ids: list[str], shown: Progress):
+        self.ids, self.shown = ids, shown
+
+    def __iter__(self):
+        for tile_id in self.ids:
+            yield tile_id
+            self.shown.update()
 
 
 def _label_counts(store: TileStore, tile_id: str) -> tuple[int, int, tuple[int, ...]]:
@@ -46,25 +59,31 @@ def split_summary(store: TileStore, manifests: dict[str, Manifest], tile_size: i
             collate, evaluation at its first batch).
     """
     summary = {}
-    for name, manifest in manifests.items():
-        rts = valid = 0
-        counts = prefetch(lambda rec: _label_counts(store, rec.tile_id), manifest.tiles, workers=io_workers())
-        for rec, (tile_rts, tile_valid, shape) in zip(manifest.tiles, counts):
-            if tile_size is not None and shape != (tile_size, tile_size):
-                raise DataError(f"{tile_paths(store.root, rec.tile_id)['label']}: {shape[-1]}x{shape[0]} px, but data.tile_size is "
-                                f"{tile_size}; every tile must be {tile_size}x{tile_size} (set data.tile_size or rebuild the tile)")
-            rts += tile_rts
-            valid += tile_valid
-        summary[name] = {
-            "n_tiles": len(manifest.tiles),
-            "n_pos": manifest.n_pos,
-            "n_neg": manifest.n_neg,
-            "rts_pixel_fraction": rts / valid if valid else 0.0,
-            "rts_pixels": rts,
-            "valid_pixels": valid,
-            **{f"negative_weight_1_{r}": w for r, w in manifest.negative_weights.items()},
-        }
+    with bar(sum(len(m.tiles) for m in manifests.values()), desc="split summary", unit="tile") as shown:
+        for name, manifest in manifests.items():
+            summary[name] = _summarise_split(store, manifest, tile_size, shown)
     return summary
+
+
+def _summarise_split(store: TileStore, manifest: Manifest, tile_size: int | None, shown: Progress) -> dict:
+    rts = valid = 0
+    counts = prefetch(lambda rec: _label_counts(store, rec.tile_id), manifest.tiles, workers=io_workers())
+    for rec, (tile_rts, tile_valid, shape) in zip(manifest.tiles, counts):
+        shown.update()
+        if tile_size is not None and shape != (tile_size, tile_size):
+            raise DataError(f"{tile_paths(store.root, rec.tile_id)['label']}: {shape[-1]}x{shape[0]} px, but data.tile_size is "
+                            f"{tile_size}; every tile must be {tile_size}x{tile_size} (set data.tile_size or rebuild the tile)")
+        rts += tile_rts
+        valid += tile_valid
+    return {
+        "n_tiles": len(manifest.tiles),
+        "n_pos": manifest.n_pos,
+        "n_neg": manifest.n_neg,
+        "rts_pixel_fraction": rts / valid if valid else 0.0,
+        "rts_pixels": rts,
+        "valid_pixels": valid,
+        **{f"negative_weight_1_{r}": w for r, w in manifest.negative_weights.items()},
+    }
 
 
 def prepare(
@@ -86,15 +105,16 @@ def prepare(
         return tile.rgb, tile.extra
 
     log.info("normalisation statistics over %d training tiles", len(train_ids))
-    stats = compute_stats(
-        train_ids,
-        tile_loader=load,
-        clip_percentiles=tuple(cfg.clip_percentiles),
-        sample_px_per_tile=cfg.percentile_sample_px,
-        seed=seed,
-        dataset_version=version,
-        workers=io_workers(),
-    )
+    with bar(2 * len(train_ids), desc="normalisation statistics (2 passes)", unit="tile") as shown:
+        stats = compute_stats(
+            _Counted(train_ids, shown),
+            tile_loader=load,
+            clip_percentiles=tuple(cfg.clip_percentiles),
+            sample_px_per_tile=cfg.percentile_sample_px,
+            seed=seed,
+            dataset_version=version,
+            workers=io_workers(),
+        )
     summary = split_summary(store, manifests, tile_size=data.tile_size)
     train = summary["train"]
     summary["class_pixel_counts"] = {"background": train["valid_pixels"] - train["rts_pixels"], "rts": train["rts_pixels"]}

@@ -25,6 +25,7 @@ from rts.data.windows import NeighbourWindows
 from rts.errors import DataError
 from rts.inference.predictor import Predictor
 from rts.io import atomic_path, write_json_atomic
+from rts.logs import progress
 from rts.metrics import EvalAccumulator
 from rts.metrics.keys import OBJECT_METRICS, ap_key, object_key, ratio_key, result_key
 from rts.susceptibility import FilterStats, SusceptibilityFilter, comparison
@@ -148,7 +149,8 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
     for split in ("val_realistic", "test_realistic"):
         tiles = manifests[split].tiles
         log.info("inference on %s: %d tiles, scales %s, TTA %s", split, len(tiles), list(predictor.scales), predictor.tta)
-        for rec, logits, label in infer_tiles(predictor, windows, tiles, batch_size=ev.batch_size):
+        inferred = infer_tiles(predictor, windows, tiles, batch_size=ev.batch_size)
+        for rec, logits, label in progress(inferred, total=len(tiles), desc=f"inference {split}", unit="tile"):
             save_logits(logits_dir, rec.tile_id, logits)
             prob = sigmoid(logits)
             accs[split].update(prob, label, positive_tile=rec.positive, region=rec.region)

@@ -67,6 +67,7 @@ from rts.inference.scene import (
     region_for_tiles,
 )
 from rts.io import file_sha256, write_json_atomic
+from rts.logs import bar
 from rts.metrics import gt_components, match_objects, pred_components
 from rts.susceptibility import TILE_SUSCEPTIBILITY, SusceptibilityFilter, polygon_stats
 
@@ -307,11 +308,13 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
                 continue  # not recorded as finished: a re-run retries it
             entries.append({"tile": todo[i].tile_id, "status": status, "max_prob": tile_max.get(i)})
         counts["run"] += len(batch["index"])
+        shown.update(len(batch["index"]))
         if kill_after and counts["run"] >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         state.record(entries)
         log.debug("%s: %d/%d passes", region.name, len(state.done), len(region.tiles))
 
+    shown = bar(len(todo), desc=f"passes {region.name}", unit="pass")
     try:
         pending = None  # one batch in flight: its passes run on the device while the previous one is merged
         for batch in loader:
@@ -322,6 +325,7 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
         if pending is not None:
             finish(*pending)
     finally:
+        shown.close()
         dataset.close()
     return counts
 

@@ -30,6 +30,7 @@ from rts.data.sampler import BalancedBatchSampler, RandomBatchSampler
 from rts.data.splits import Manifest, read_metadata
 from rts.data.windows import NeighbourWindows
 from rts.errors import DataError
+from rts import logs
 from rts.io import write_json_atomic
 from rts.metrics import EvalAccumulator
 from rts.metrics.keys import object_key, result_key
@@ -221,7 +222,8 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
         steps = len(data.sampler)
         ddp_model.train()
         train_stats.reset()
-        for i, batch in enumerate(data.loader):
+        shown = logs.progress(data.loader, total=steps, desc=f"epoch {epoch + 1}/{tc.max_epochs}", unit="step", enabled=dist.is_main)
+        for i, batch in enumerate(shown):
             for group in run.optimizer.param_groups:
                 group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
             image = batch["image"].to(device, non_blocking=True)
@@ -241,6 +243,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
                 stop = run.stopper.should_stop
                 if stop and not last_in_epoch:
                     break
+        shown.close()  # the epoch's last progress line now, also after an early-stopping break
         epoch += 1
         save_checkpoint(params, run, data, progress, tracker, dist, device, epoch=epoch, fingerprint=fingerprint,
                         is_best=improved_this_epoch)
@@ -426,11 +429,23 @@ def validation_point(params: Params, run: Run, data: TrainingData, progress: Pro
         progress.best_metrics = dict(metrics)
     if dist.is_main:
         tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step=progress.step)
-        log.info("epoch %d step %d: %s", epoch + 1, progress.step,
-                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step")))
+        log.info("%s", validation_line(metrics, ratio=params.train.early_stopping_ratio, best=run.stopper.best, improved=improved,
+                                       max_epochs=params.train.max_epochs))
         for w in overfitting_warnings(progress.history):
             log.warning("overfitting indicator: %s", w)
     return improved
+
+
+def validation_line(metrics: dict, *, ratio: int, best: float, improved: bool, max_epochs: int) -> str:
+    """The one log line of a validation: a handful of rounded numbers (the full record goes to dvclive and MLflow)."""
+    def g(key: str) -> float:
+        return metrics.get(key, math.nan)
+
+    best_text = "new best" if improved else f"best {best:.4f}"
+    return (f"epoch {metrics['epoch']}/{max_epochs} step {metrics['step']}: train loss {g('train_loss'):.4f}, "
+            f"val loss {g('val_realistic_loss'):.4f}, val-realistic 1:{ratio} PR-AUC {g('val_realistic_pr_auc'):.4f} ({best_text}), "
+            f"IoU {g('val_realistic_iou'):.3f}, object P/R {g(f'val_{ratio}_obj_precision'):.3f}/{g(f'val_{ratio}_obj_recall'):.3f}, "
+            f"lr {g('lr'):.2e}")
 
 
 def save_checkpoint(params: Params, run: Run, data: TrainingData, progress: Progress, tracker: Tracker, dist: D.DistInfo,
