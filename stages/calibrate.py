@@ -5,14 +5,14 @@ import json
 import sys
 from pathlib import Path
 
-from rts.evaluation.calibrate import calibrate, render_reliability
+from rts.evaluation.calibrate import calibrate, headline, reliability_series, render_reliability
 from rts.config import load_params
 from rts.errors import exit_on_error
 from rts.logs import configure
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest
 from rts.io import write_json_atomic
-from rts.evaluation.package import write_package
+from rts.evaluation.package import training_data, write_package
 from rts.susceptibility import SusceptibilityFilter
 
 
@@ -24,16 +24,21 @@ def main() -> int:
     val = Manifest.load(Path("prepared/splits/val_realistic.json")).tiles
     test = Manifest.load(Path("prepared/splits/test_realistic.json")).tiles
     susceptibility = SusceptibilityFilter.from_params(params.susceptibility)
-    calibration, test_report, plots = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=Path("eval/logits"),
-                                                susceptibility=susceptibility)
+    calibrated = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=Path("eval/logits"),
+                           susceptibility=susceptibility)
+    calibration = calibrated.calibration
     calibration.update(tta=ev.tta, scales=list(ev.scales))
-    package_dir = write_package(Path("models/train"), Path("models/rts-model"), calibration, test_report, ev.iou_thresholds)
-    write_json_atomic(Path("metrics/calibration.json"), {
-        k: calibration[k] for k in ("temperature", "nll_before", "nll_after", "ece_before", "ece_after")
-    } | {f"threshold_1:{r}": t["object"]["threshold"] for r, t in calibration["thresholds"].items()})
-    write_json_atomic(Path("metrics/test.json"), test_report)
-    write_json_atomic(Path("plots/reliability.json"), plots["reliability"])
-    render_reliability(plots["before"], plots["after"], calibration["temperature"], Path("plots/reliability.png"))
+    mlflow = f"experiment `{params.tracking.mlflow_experiment}`" if params.tracking.mlflow else None
+    package_dir = write_package(Path("models/train"), Path("models/rts-model"), calibration, calibrated.test_report, ev.iou_thresholds,
+                                data=training_data(Path(params.data.root)), mlflow=mlflow)
+    write_json_atomic(Path("metrics/headline.json"), headline(calibrated, cfg.iou))
+    write_json_atomic(Path("metrics/calibration.json"), calibration)
+    write_json_atomic(Path("metrics/test.json"), calibrated.test_report)
+    write_json_atomic(Path("metrics/val_at_thresholds.json"), calibrated.val_report)
+    for name, rows in reliability_series(calibrated).items():
+        write_json_atomic(Path("plots/reliability") / f"{name}.json", rows)
+    render_reliability(calibrated.reliability["before"], calibrated.reliability["after"], calibration["temperature"],
+                       Path("plots/reliability.png"))
     log_to_mlflow(params, package_dir)
     thresholds = ", ".join(f"1:{r} {'not reached' if t['object']['threshold'] is None else format(t['object']['threshold'], '.4f')}"
                            for r, t in calibration["thresholds"].items())

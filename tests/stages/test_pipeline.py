@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ def git(repo: Path, *args: str) -> str:
 
 
 RECORDER = REPO / "tests" / "record_stage.py"
+
+
+def _readme_exp_show() -> str:
+    """The `dvc exp show --md ...` command the README gives for comparing experiments."""
+    text = (REPO / "README.md").read_text()
+    (line,) = [l.strip().strip("`") for l in text.splitlines() if l.strip().startswith("dvc exp show --md")][:1]
+    return line
+
+
+README_EXP_SHOW = _readme_exp_show()
 
 
 def recorded(cmd: str) -> str:
@@ -70,22 +81,41 @@ def exp_run(repo, records) -> Path:
 def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     repo = exp_run
     for path in ["metrics/prepare.json", "metrics/train.json", "metrics/evaluate.json", "metrics/evaluate_test.json",
-                 "metrics/calibration.json", "metrics/test.json", "models/rts-model/model_card.md",
-                 "models/rts-model/threshold_calibration.json", "plots/pr_curves_val_realistic.png", "plots/reliability.png"]:
+                 "metrics/headline.json", "metrics/calibration.json", "metrics/test.json", "models/rts-model/model_card.md",
+                 "models/rts-model/threshold_calibration.json", "plots/pr_curves_val_realistic.png", "plots/reliability.png",
+                 "plots/reliability/before.json", "plots/reliability/after.json", "plots/reliability/perfect.json"]:
         assert (repo / path).exists(), path
     evaluate = json.loads((repo / "metrics/evaluate.json").read_text())
     assert set(evaluate) == {"val_balanced", "val_realistic"}
     assert {"1:200", "1:500", "1:1000", "size_classes", "regions"} <= set(evaluate["val_realistic"])
     assert "obj_iou0.3_precision" in evaluate["val_realistic"]["1:200"]
     pr = json.loads((repo / "plots/pr/val_realistic_pixel_1-200.json").read_text())
-    assert pr and {"precision", "recall", "threshold"} <= set(pr[0]) and len(pr) <= 2000
+    assert pr and {"precision", "recall", "threshold"} <= set(pr[0]) and len(pr) <= 1000
     test = json.loads((repo / "metrics/test.json").read_text())
     assert set(test) == {"1:200", "1:500", "1:1000"}
 
+    # the headline file is the one DVC metric of evaluate and calibrate: a few numbers per split
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    assert "metrics/test.json" in json.dumps(shown)
-    diff = run(["dvc", "metrics", "diff", "--all"], repo).stdout
-    assert "metrics/evaluate.json" in diff
+    files = {f for rev in shown.values() for f in (rev.get("data") or {})} if isinstance(shown, dict) else set()
+    assert files <= {"metrics/headline.json", "metrics/train.json"} and "metrics/headline.json" in json.dumps(shown)
+    head = json.loads((repo / "metrics/headline.json").read_text())
+    assert set(head) == {"temperature", "val_realistic", "test_realistic"}
+    assert sum(len(e) for split in ("val_realistic", "test_realistic") for e in head[split].values()) <= 48
+    # `dvc metrics diff` against the commit before the run: a table, exit 0 (HEAD has no metrics here)
+    diff = run(["dvc", "metrics", "diff", "--all"], repo)
+    assert "test_realistic.1:500.pr_auc" in diff.stdout and len(diff.stdout.splitlines()) < 60, diff.stdout
+    # the README's view of the experiments fits in 40 columns
+    cmd = shlex.split(README_EXP_SHOW)
+    table = run(cmd, repo).stdout
+    header = next(line for line in table.splitlines() if line.startswith("|"))
+    assert 3 <= header.count("|") - 1 <= 40, header
+    assert "pr_auc" in header and "loss" in header, header
+    # the learning curves are part of the experiment's commit, so `dvc plots diff` has them
+    (ref,) = [line.split()[-1] for line in git(repo, "for-each-ref", "refs/exps").splitlines()]
+    tracked = git(repo, "ls-tree", "-r", "--name-only", ref).split()
+    assert "dvclive/train/plots/metrics/train/loss.tsv" in tracked and "metrics/headline.json" in tracked
+    steps = [int(float(line.split("\t")[0])) for line in (repo / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and steps[0] > 0, steps  # the true global step of each validation
     run(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
     html = (repo / "plots_html/index.html").read_text()
     assert "val_realistic_pixel_1-200" in html and "dvclive/train/plots/metrics" in html
@@ -185,7 +215,7 @@ def test_queued_loss_grid_gives_two_comparable_experiments(repo):
             for rev in exp.get("revs") or []:
                 data = rev.get("data") or {}
                 loss = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("loss")
-                test = data.get("metrics", {}).get("metrics/test.json", {}).get("data")
+                test = data.get("metrics", {}).get("metrics/headline.json", {}).get("data", {}).get("test_realistic")
                 if loss and test and data["params"]["params.yaml"]["data"]["train"]["max_epochs"] == 1:
                     found[loss] = test
     assert set(found) == {"focal", "tversky"}

@@ -75,13 +75,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def curve_records(curve: dict) -> list[dict]:
-    """DVC plots data: one record per threshold."""
-    return [
-        {"threshold": t, "precision": p, "recall": r}
-        for t, p, r in zip(curve["threshold"], curve["precision"], curve["recall"])
-        if p is not None and r is not None
-    ]
+CURVE_STEP = 0.002  # a plotted PR point differs from the previous one by at least this in precision or recall
+
+
+def curve_records(curve: dict, step: float = CURVE_STEP) -> list[dict]:
+    """DVC plots data: the thresholds where precision or recall moved by ``step`` since the last kept
+    point, and the last one (10,000 pixel thresholds draw the same curve as a few hundred)."""
+    points = [(t, p, r) for t, p, r in zip(curve["threshold"], curve["precision"], curve["recall"]) if p is not None and r is not None]
+    records = []
+    for i, (t, p, r) in enumerate(points):
+        last = records[-1] if records else None
+        if last is None or i == len(points) - 1 or abs(p - last["precision"]) >= step or abs(r - last["recall"]) >= step:
+            records.append({"threshold": t, "precision": p, "recall": r})
+    return records
 
 
 def write_curves(acc, split: str, ratios: list[int], iou: float, plots_dir: Path) -> dict[str, list[dict]]:

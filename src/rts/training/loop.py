@@ -623,9 +623,14 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+TRAIN_SUMMARY = ("epoch", "step", "train_loss", "val_realistic_loss", "val_realistic_pr_auc")
+
+
 def _flat_metrics(final: dict) -> dict:
+    """``metrics/train.json``, a DVC metric: the run's length and cost, and the best validation's key
+    figures (every validation metric is in dvclive and MLflow)."""
     out = {k: v for k, v in final.items() if k != "best"}
-    out.update({f"best_{k}": v for k, v in final["best"].items()})
+    out.update({f"best_{k}": v for k, v in final["best"].items() if k in TRAIN_SUMMARY})
     # JSON has no NaN (a precision with no prediction is undefined): write null.
     clean = {}
     for k, v in out.items():
