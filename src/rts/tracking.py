@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -134,14 +135,20 @@ class Tracker:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.mlflow:
-            self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        """Log at global ``step``; a None, NaN or infinite value (an undefined precision) is skipped."""
+        finite = {}
+        for k, v in metrics.items():
+            if v is None or isinstance(v, bool) or not math.isfinite(float(v)):
+                log.debug("metric %s = %s at step %d not logged (undefined)", k, v, step)
+                continue
+            finite[k] = float(v)
+        if self.mlflow and finite:
+            self.mlflow.log_metrics(finite, step=step)
         if self.live:
-            for k, v in metrics.items():
-                self.live.log_metric(k, float(v))
-            self.live.step = step
+            self.live.step = step  # before logging: dvclive records each value at its current step
+            for k, v in finite.items():
+                self.live.log_metric(k, v)
             self.live.make_summary()
-            self.live.next_step()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.mlflow:

@@ -111,10 +111,10 @@ def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     assert 3 <= header.count("|") - 1 <= 40, header
     assert "pr_auc" in header and "loss" in header, header
     # the learning curves are part of the experiment's commit, so `dvc plots diff` has them
-    (ref,) = [line.split()[-1] for line in git(repo, "for-each-ref", "refs/exps").splitlines()]
+    (ref,) = [r for r in git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split() if "/exec/" not in r]
     tracked = git(repo, "ls-tree", "-r", "--name-only", ref).split()
     assert "dvclive/train/plots/metrics/train/loss.tsv" in tracked and "metrics/headline.json" in tracked
-    steps = [int(float(line.split("\t")[0])) for line in (repo / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()[1:]]
+    steps = [int(float(line.split("\t")[0])) for line in (repo / "dvclive/train/plots/metrics/val_realistic/loss.tsv").read_text().splitlines()[1:]]
     assert steps == sorted(steps) and steps[0] > 0, steps  # the true global step of each validation
     run(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
     html = (repo / "plots_html/index.html").read_text()
@@ -132,7 +132,8 @@ def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     (run_info,) = client.search_runs([exp.experiment_id])
     names = {a.path for a in client.list_artifacts(run_info.info.run_id, "final")}
     assert {"final/model.pt", "final/threshold_calibration.json", "final/model_card.md", "final/test.json"} <= names
-    assert "val_realistic_pr_auc" in run_info.data.metrics and run_info.data.params["loss"] == "focal"
+    assert "val_realistic/1:500/pr_auc" in run_info.data.metrics and run_info.data.params["loss"] == "focal"
+    assert "calibration/temperature" in run_info.data.metrics and "test_realistic/1:500/pr_auc" in run_info.data.metrics
 
 
 def _code_deps(spec: dict) -> set[str]:

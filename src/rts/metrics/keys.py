@@ -31,3 +31,24 @@ def ap_key(iou: float) -> str:
 def result_key(ratio: int) -> str:
     """``ratio_200``: the entry of prevalence ratio 1:``ratio`` in ``EvalAccumulator.result()``."""
     return f"ratio_{int(ratio)}"
+
+
+def tracking_name(key: str, iou: float) -> str:
+    """The name of a training metric in dvclive and MLflow, grouped with ``/`` like the metrics
+    files: ``train_loss`` -> ``train/loss``, ``val_500_pr_auc`` -> ``val_realistic/1:500/pr_auc``,
+    ``val_500_obj_precision`` -> ``val_realistic/1:500/obj_iou0.3_precision`` (``iou`` is the
+    primary match IoU). The flat keys stay the training loop's own (history, early stopping)."""
+    fixed = {"lr": "train/lr", "train_loss": "train/loss", "train_iou": "train/iou_rts",
+             "val_balanced_iou": "val_balanced/iou_rts", "val_realistic_iou": "val_realistic/iou_rts"}
+    if key in fixed:
+        return fixed[key]
+    for split in ("val_balanced", "val_realistic"):
+        if key.startswith(split + "_"):
+            return f"{split}/{key[len(split) + 1:]}"
+    head, _, rest = key.partition("_")
+    ratio, _, metric = rest.partition("_")
+    if head == "val" and ratio.isdigit() and metric:
+        if metric.startswith("obj_"):
+            metric = object_key(iou, metric[len("obj_"):])
+        return f"val_realistic/{ratio_key(int(ratio))}/{metric}"
+    return key

@@ -33,7 +33,7 @@ from rts.errors import DataError
 from rts import logs
 from rts.io import write_json_atomic
 from rts.metrics import EvalAccumulator
-from rts.metrics.keys import object_key, result_key
+from rts.metrics.keys import object_key, result_key, tracking_name
 from rts.models import build_model, encoder_parameters, model_outputs_loss
 from rts.models.ema import ModelEMA, unwrap_model
 from rts.tracking import Tracker, frozen_requirements, system_info
@@ -428,7 +428,8 @@ def validation_point(params: Params, run: Run, data: TrainingData, progress: Pro
             progress.best_state = {k: v.detach().cpu().clone() for k, v in unwrap_model(eval_model).state_dict().items()}
         progress.best_metrics = dict(metrics)
     if dist.is_main:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, step=progress.step)
+        tracker.log_metrics({tracking_name(k, params.evaluate.primary_iou): v for k, v in metrics.items() if k not in ("epoch", "step")},
+                            step=progress.step)
         log.info("%s", validation_line(metrics, ratio=params.train.early_stopping_ratio, best=run.stopper.best, improved=improved,
                                        max_epochs=params.train.max_epochs))
         for w in overfitting_warnings(progress.history):
