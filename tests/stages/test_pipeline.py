@@ -118,7 +118,9 @@ def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     assert steps == sorted(steps) and steps[0] > 0, steps  # the true global step of each validation
     run(["dvc", "plots", "show", "-o", str(repo / "plots_html")], repo)
     html = (repo / "plots_html/index.html").read_text()
-    assert "val_realistic_pixel_1-200" in html and "dvclive/train/plots/metrics" in html
+    embedded = re.findall(r"vegaEmbed\('#(\w+)'", html)
+    assert sorted(embedded) == sorted(["pr_val_realistic_pixel", "pr_val_realistic_object", "pr_test_realistic_pixel",
+                                       "pr_test_realistic_object", "reliability", "loss", "val_pr_auc"]), embedded
     status = run(["dvc", "status"], repo).stdout
     assert "up to date" in status, status
     again = run(["dvc", "repro", "prepare"], repo).stdout
