@@ -426,9 +426,16 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return from_dict(Params, raw)
+        params = from_dict(Params, raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    layer = params.susceptibility.path
+    # checked here, before any data is read, not at evaluate after training; a relative path is
+    # relative to the folder the stage runs in (the repository root), as the stages open it
+    if layer is not None and not Path(layer).exists():
+        raise ConfigError(f"{path}: susceptibility.path: {layer!r} does not exist (from {Path.cwd()}); "
+                          "set it to null to turn the filter off, or point it at the likelihood GeoTIFF")
+    return params
 
 
 def to_dict(params: Any) -> dict[str, Any]:

@@ -153,6 +153,22 @@ def channel_indices(extra_channels: list[str] | tuple[str, ...]) -> list[int]:
     return out
 
 
+def utf8_problem(path: str | os.PathLike) -> str | None:
+    """Where ``path`` stops being UTF-8 (``"not UTF-8 at line L, byte B (0xNN); save it as UTF-8 ..."``),
+    or None when all of it decodes. Streams the file line by line."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                at = offset + e.start
+                return (f"not UTF-8 at line {number}, byte {at} (0x{raw[e.start]:02x}); save it as UTF-8 "
+                        f"(e.g. `iconv -f latin1 -t utf-8 {Path(path).name} > fixed.csv`, or UTF-8 in the editor's Save As)")
+            offset += len(raw)
+    return None
+
+
 def read_json_or_none(path: str | os.PathLike) -> Any:
     """Parsed JSON of ``path``, or None when the file does not exist."""
     try:

@@ -50,3 +50,18 @@ def test_evaluate_without_a_trained_model_names_the_package(wd):
     proc = run([sys.executable, "-m", "stages.evaluate"], wd, check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "models/train" in one_line(proc.stderr)
+
+
+def test_a_missing_susceptibility_layer_stops_train_check_before_any_data_is_read(wd, tmp_path):
+    bad = tmp_path / "wd"
+    shutil.copytree(wd, bad)
+    set_params(bad / "params.yaml", {"susceptibility.path": "layers/susceptibility.tif"})
+    proc = run([sys.executable, "-m", "stages.train", "--check"], bad, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_line(proc.stderr)
+    assert "susceptibility.path" in line and "layers/susceptibility.tif" in line and "null" in line, line
+    # relative to the folder the stage runs in: once the file is there, params pass (prepared/ is missing next)
+    (bad / "layers").mkdir()
+    (bad / "layers" / "susceptibility.tif").write_bytes(b"")
+    proc = run([sys.executable, "-m", "stages.train", "--check"], bad, check=False)
+    assert proc.returncode == 3 and "prepared/" in one_line(proc.stderr), proc.stderr[-3000:]

@@ -39,6 +39,7 @@ from rts.io import (
     PIXEL_SIZE_M,
     POSITIVE,
     RGB_DIR,
+    utf8_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,10 @@ def _check_metadata(
         problems.append(Problem(METADATA_FILE, f"missing (expected columns {', '.join(METADATA_COLUMNS)})"))
         return None, region_tiles
     rows: dict[str, _Row] = {}
+    not_utf8 = utf8_problem(path)
+    if not_utf8 is not None:
+        problems.append(Problem(METADATA_FILE, not_utf8))
+        return None, region_tiles
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:

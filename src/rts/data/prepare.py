@@ -5,16 +5,21 @@ Nothing is written unless every data check passes; every output is written atomi
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from rts.config import DataConfig, PrepareConfig
 from rts.data.checks import check_dataset, format_report
-from rts.data.normalization import compute_stats, save_stats
+from rts.data.normalization import compute_stats, save_stats, stats_hash
 from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
 from rts.data.store import TileStore, io_workers, prefetch
-from rts.errors import DataError
+from rts.errors import DataError, OutputError
 from rts.io import IGNORE, tile_paths, write_json_atomic
 from rts.logs import Progress, bar
 
@@ -119,10 +124,43 @@ def prepare(
     train = summary["train"]
     summary["class_pixel_counts"] = {"background": train["valid_pixels"] - train["rts_pixels"], "rts": train["rts_pixels"]}
     summary["dataset_version"] = version
-    for name, manifest in manifests.items():
-        manifest.save(out_dir / "splits" / f"{name}.json")
-    stats_digest = save_stats(out_dir / "normalization_stats.json", stats)
-    summary["normalization_stats_sha256"] = stats_digest
-    write_json_atomic(out_dir / "summary.json", summary)
-    write_json_atomic(metrics_path, {k: v for k, v in summary.items() if k in SPLIT_NAMES})
+    summary["normalization_stats_sha256"] = stats_hash(stats)
+    writes: list[tuple[str, Callable[[Path], object]]] = [
+        *((f"splits/{name}.json", manifest.save) for name, manifest in manifests.items()),
+        ("normalization_stats.json", lambda path: save_stats(path, stats)),
+        ("summary.json", lambda path: write_json_atomic(path, summary)),
+    ]
+    _write_as_a_unit(Path(out_dir), writes)
+    _named(metrics_path, lambda: write_json_atomic(metrics_path, {k: v for k, v in summary.items() if k in SPLIT_NAMES}))
     return summary
+
+
+def _named(path: Path, write: Callable[[], object]) -> None:
+    """Run ``write``; an OSError (a full disk) becomes one :class:`OutputError` line naming ``path`` and the fix."""
+    try:
+        write()
+    except OSError as e:
+        where = Path(path).resolve().parent
+        while not where.exists():
+            where = where.parent
+        free = shutil.disk_usage(where).free / 2**20
+        fix = (f"free space on the filesystem of {where} ({free:.0f} MiB free) and run prepare again"
+               if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {where} writable and run prepare again")
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e}); {fix}; nothing of prepare's outputs "
+                          "was replaced") from e
+
+
+def _write_as_a_unit(out_dir: Path, writes: list[tuple[str, Callable[[Path], object]]]) -> None:
+    """Write every file into a staging folder beside ``out_dir`` first (where a full disk fails), then
+    rename them into ``out_dir`` (renames need no space): a failure leaves ``out_dir`` as it was, with
+    no empty ``splits/`` and no half of the files."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for rel, write in writes:
+            _named(out_dir / rel, lambda: write(staging / rel))
+        for rel, _ in writes:
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / rel, out_dir / rel)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -25,6 +25,7 @@ from rts.io import (
     NEGATIVE,
     POSITIVE,
     read_json_or_none,
+    utf8_problem,
     write_json_atomic,
 )
 from rts.prevalence import negative_weight
@@ -83,7 +84,11 @@ def read_metadata(root: Path) -> list[dict[str, str]]:
     """The rows of ``metadata.csv`` as the data checks read them: column names and values stripped
     of surrounding spaces, blank rows (a line of only commas) skipped. The checks passed files that
     this reader then crashed on when the two disagreed."""
-    with open(root / "metadata.csv", newline="") as f:
+    path = root / "metadata.csv"
+    not_utf8 = utf8_problem(path)
+    if not_utf8 is not None:
+        raise DataError(f"{path}: {not_utf8}")
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = [c.strip() for c in next(reader, [])]
         return [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]

@@ -1,0 +1,113 @@
+"""Reliability battery (issue 16): a non-UTF-8 metadata.csv and a full disk in prepare each stop with
+one line naming the file, the problem and the fix, and prepare leaves no half-written outputs."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import rts.io
+from datasets import make_dataset
+from workdir import make_workdir, run
+
+from rts.config import DataConfig, PrepareConfig
+from rts.data.prepare import prepare
+from rts.errors import OutputError
+
+
+@pytest.fixture(scope="module")
+def latin1_wd(tmp_path_factory) -> Path:
+    """A workdir from `rts synth` whose metadata.csv has one latin-1 byte (é) in a region name."""
+    wd = make_workdir(tmp_path_factory.mktemp("latin1") / "wd")
+    meta = wd / "data" / "metadata.csv"
+    lines = meta.read_bytes().split(b"\n")
+    region = lines[3].split(b",")[4]
+    lines[3] = lines[3].replace(region, region + "\xe9".encode("latin-1"), 1)
+    meta.write_bytes(b"\n".join(lines))
+    return wd
+
+
+def _meta_line(text: str) -> str:
+    hits = [line for line in text.splitlines() if "metadata.csv" in line]
+    assert len(hits) == 1, text[-3000:]
+    return hits[0]
+
+
+def test_a_non_utf8_metadata_csv_is_named_with_its_line_and_the_fix_by_rts_check(latin1_wd):
+    proc = run([sys.executable, "-m", "rts", "check", "data"], latin1_wd, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = _meta_line(proc.stdout + proc.stderr)
+    assert "not UTF-8" in line and "line 4" in line and "save it as UTF-8" in line, line
+    assert "line 0" not in line
+
+
+def test_a_non_utf8_metadata_csv_stops_prepare_with_the_same_line(latin1_wd):
+    proc = run([sys.executable, "-m", "stages.prepare"], latin1_wd, check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    line = _meta_line(proc.stderr)
+    assert "not UTF-8" in line and "line 4" in line and "save it as UTF-8" in line, line
+    assert "Traceback" not in proc.stderr
+    assert not (latin1_wd / "prepared").exists()
+
+
+def test_read_metadata_names_a_non_utf8_file(tmp_path):
+    from rts.data.splits import read_metadata
+    from rts.errors import DataError
+
+    (tmp_path / "metadata.csv").write_bytes(b"tile_id,RegionName\na_1,caf\xe9\n")
+    with pytest.raises(DataError, match=r"metadata.csv: not UTF-8 at line 2, byte 26.*save it as UTF-8"):
+        read_metadata(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ds") / "data", size=32)
+
+
+def _full_disk_at(monkeypatch, name: str) -> None:
+    """ENOSPC at the write of the file called ``name``, as a full disk gives it (no file named)."""
+    real = rts.io.write_text_atomic
+
+    def write(path, text):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(rts.io, "write_text_atomic", write)
+
+
+def _prepare(root: Path, out: Path) -> dict:
+    return prepare(DataConfig(root=str(root), tile_size=32, cache=False), PrepareConfig(), seed=0, out_dir=out,
+                   metrics_path=out.parent / "metrics" / "prepare.json", cache_dir=None)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_in_prepare_names_the_file_and_leaves_no_partial_outputs(small_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+    _full_disk_at(monkeypatch, "val_realistic.json")
+    with pytest.raises(OutputError) as caught:
+        _prepare(small_dataset, out)
+    message = str(caught.value)
+    assert caught.value.exit_code == 5
+    assert "val_realistic.json" in message and "No space left" in message and "free space" in message, message
+    assert "\n" not in message
+    assert not out.exists(), _files(out) if out.exists() else None  # not even an empty prepared/splits/
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder or temporary file left
+
+
+def test_a_full_disk_in_a_rerun_of_prepare_keeps_the_previous_outputs(small_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "prepared"
+    _prepare(small_dataset, out)
+    before = _files(out)
+    _full_disk_at(monkeypatch, "summary.json")
+    with pytest.raises(OutputError, match="summary.json"):
+        _prepare(small_dataset, out)
+    assert _files(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "prepared"]
