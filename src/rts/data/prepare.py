@@ -135,7 +135,7 @@ def prepare(
     return summary
 
 
-def _named(path: Path, write: Callable[[], object]) -> None:
+def _named(path: Path, write: Callable[[], object], kept: str = "") -> None:
     """Run ``write``; an OSError (a full disk) becomes one :class:`OutputError` line naming ``path`` and the fix."""
     try:
         write()
@@ -146,8 +146,7 @@ def _named(path: Path, write: Callable[[], object]) -> None:
         free = shutil.disk_usage(where).free / 2**20
         fix = (f"free space on the filesystem of {where} ({free:.0f} MiB free) and run prepare again"
                if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {where} writable and run prepare again")
-        raise OutputError(f"{path}: cannot be written ({e.strerror or e}); {fix}; nothing of prepare's outputs "
-                          "was replaced") from e
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e}); {fix}{kept}") from e
 
 
 def _write_as_a_unit(out_dir: Path, writes: list[tuple[str, Callable[[Path], object]]]) -> None:
@@ -158,7 +157,7 @@ def _write_as_a_unit(out_dir: Path, writes: list[tuple[str, Callable[[Path], obj
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for rel, write in writes:
-            _named(out_dir / rel, lambda: write(staging / rel))
+            _named(out_dir / rel, lambda: write(staging / rel), f"; {out_dir} was left as it was")
         for rel, _ in writes:
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, out_dir / rel)
