@@ -9,11 +9,15 @@ export MPLBACKEND := Agg
 
 .PHONY: demo test install clean-demo experiments seeds
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml web/package-lock.json scripts/plots_template.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
+	# Vega for offline `dvc plots show` pages: web/plots.html + plots.html_template in .dvc/config.local
+	if command -v npm >/dev/null 2>&1; then \
+		(cd web && npm ci --ignore-scripts --no-audit --no-fund --silent) && $(BIN)/python scripts/plots_template.py; \
+	else echo "npm not found: dvc plots show will load Vega from a CDN (install node + npm, rm $(STAMP), make install)"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -225,6 +225,69 @@ def test_queued_loss_grid_gives_two_comparable_experiments(repo):
     assert found["focal"].keys() == found["tversky"].keys()
 
 
+# dvc.yaml's `plots`: four PR charts (val_realistic, test_realistic x pixel, object) with one curve
+# per ratio, the reliability diagram, the loss curves and the key val metrics against the step
+PLOT_CHARTS = 7
+
+
+def _queued_experiments(repo: Path) -> dict[str, str]:
+    """{loss: experiment name} of the one-epoch experiments the queued loss grid made."""
+    names = {}
+    for row in json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout):
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {}).get("data", {})
+                if rev.get("name") and params.get("train", {}).get("max_epochs") == 1:
+                    names[params["loss"]] = rev["name"]
+    return names
+
+
+def test_plots_show_and_diff_render_offline_with_data_in_every_chart(exp_run, tmp_path):
+    """`dvc plots show` and `dvc plots diff` pages in headless Chromium with the network cut off:
+    DVC's default page loads Vega from a CDN and draws nothing; the template `make install` sets
+    up draws every chart, and the diff overlays both experiments in each."""
+    import os
+
+    import browser
+
+    if browser.chromium() is None:
+        if os.environ.get("RTS_REQUIRE_BROWSER"):
+            pytest.fail(f"{browser.CHROMIUM} is missing and RTS_REQUIRE_BROWSER is set (.ci/run installs it)")
+        pytest.skip(f"{browser.CHROMIUM} not installed (apt-get install -y --no-install-recommends chromium)")
+    repo = exp_run
+    # DVC's own page: its CDN scripts are refused, so nothing renders (what users saw offline)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "default")], repo)
+    default = browser.render(tmp_path / "default/index.html")
+    assert default.vega_divs == PLOT_CHARTS and not default.charts, default
+    assert any("cdn.jsdelivr.net/npm/vega" in url for url in default.blocked), default.blocked
+
+    # what `make install` does in a clone: the offline template and plots.html_template in .dvc/config.local
+    run([sys.executable, str(REPO / "scripts/plots_template.py"), "--repo", str(repo)], repo)
+    assert "web/plots.html" in git(repo, "status", "--short", "--ignored", "web")  # generated, ignored by git
+
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "show")], repo)
+    page = browser.render(tmp_path / "show/index.html")
+    summary = "\n".join(f"{c.title}: {c.curves}" for c in page.charts)
+    assert not page.errors and not page.blocked, (page.errors, page.blocked)
+    assert len(page.charts) == page.vega_divs == PLOT_CHARTS and not page.images, summary
+    for chart in page.charts:
+        assert chart.error is None and chart.rows > 0 and chart.curves and chart.line_points > 0, chart
+
+    names = _queued_experiments(repo)
+    if set(names) != {"focal", "tversky"}:  # run on its own: make the grid's two experiments first
+        test_queued_loss_grid_gives_two_comparable_experiments(repo)
+        names = _queued_experiments(repo)
+    exps = [names["focal"], names["tversky"]]
+    run(["dvc", "plots", "diff", *exps, "-o", str(tmp_path / "diff")], repo)
+    page = browser.render(tmp_path / "diff/index.html")
+    summary = "\n".join(f"{c.title}: {c.revs}" for c in page.charts)
+    assert not page.errors and not page.blocked, (page.errors, page.blocked)
+    assert len(page.charts) == page.vega_divs == PLOT_CHARTS and not page.images, summary
+    for chart in page.charts:
+        assert chart.error is None and chart.line_points > 0, chart
+        assert all(chart.revs.get(e, 0) > 0 for e in exps), f"{chart.title}: rows per experiment {chart.revs}, expected {exps}"
+
+
 def test_regenerated_demo_dataset_matches_the_pinned_hash(tmp_path):
     """`rts synth data --preset demo` reproduces exactly the dataset `data.dvc` pins."""
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")
