@@ -1,9 +1,10 @@
-"""DVC stage `train`: ``torchrun --standalone --nproc-per-node=${train.nproc} -m stages.train``.
+"""DVC stage `train`: ``python -m rts.training.launch --standalone --nproc-per-node=${train.nproc} -m stages.train``.
 
 ``python -m stages.train --check`` runs first (``dvc.yaml``): it validates ``params.yaml`` and the
-prepared inputs in one process, so a bad param prints one line instead of one traceback per rank
-wrapped in torchrun's failure report. ``--record-dir`` and ``--kill-at-step`` are test hooks
-(:class:`rts.training.loop.TrainHooks`); the pipeline never passes them.
+prepared inputs in one process, so a bad param prints one line instead of one traceback per rank.
+``rts.training.launch`` is torchrun that prints one line when a rank fails later (bad data found
+while loading), in place of torchrun's failure report. ``--record-dir`` and ``--kill-at-step``
+are test hooks (:class:`rts.training.loop.TrainHooks`); the pipeline never passes them.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 from rts.config import load_params
 from rts.errors import DataError, exit_on_error
 from rts.logs import configure
+from rts.training.launch import rank_exit_on_error
 from rts.training.loop import TrainHooks, train
 
 PREPARED = Path("prepared")
@@ -46,4 +48,4 @@ if __name__ == "__main__":
     if args.check:
         sys.exit(exit_on_error(check))
     hooks = TrainHooks(record_dir=args.record_dir, kill_at_step=args.kill_at_step)
-    sys.exit(exit_on_error(lambda: main(hooks), quiet=int(os.environ.get("RANK", "0")) != 0))
+    sys.exit(rank_exit_on_error(lambda: main(hooks)))

@@ -1,5 +1,6 @@
 """A bad param or missing input stops a stage with one line naming the key or file and the fix,
-and a stable exit code (``rts.errors``): for train, before torchrun starts a single rank."""
+and a stable exit code (``rts.errors``): for train, before torchrun starts a single rank; and an
+error a rank finds later is still one line, without torchrun's ChildFailedError report."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ def wd(tmp_path_factory):
     return make_workdir(tmp_path_factory.mktemp("errors") / "wd")
 
 
-def train_cmd() -> str:
-    """The train stage's command as dvc.yaml has it, for a world of one."""
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["cmd"].replace("${train.nproc}", "1").replace(
+def train_cmd(nproc: int = 1) -> str:
+    """The train stage's command as dvc.yaml has it, for a world of ``nproc``."""
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["cmd"].replace("${train.nproc}", str(nproc)).replace(
         "PYTHONPATH=src ", "")
 
 
@@ -65,3 +66,25 @@ def test_a_missing_susceptibility_layer_stops_train_check_before_any_data_is_rea
     (bad / "layers" / "susceptibility.tif").write_bytes(b"")
     proc = run([sys.executable, "-m", "stages.train", "--check"], bad, check=False)
     assert proc.returncode == 3 and "prepared/" in one_line(proc.stderr), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_an_error_inside_the_training_ranks_is_one_line_without_torchrun_s_report(wd, tmp_path, nproc):
+    """--check passes (the prepared files are there), then every rank finds them inconsistent while
+    loading. Under torchrun that was the rank's line inside ~50 lines of ChildFailedError report."""
+    bad = tmp_path / "wd"
+    shutil.copytree(wd, bad)
+    run([sys.executable, "-m", "stages.prepare"], bad)
+    splits = bad / "prepared" / "splits"
+    shutil.copy(splits / "train.json", splits / "val_realistic.json")  # val_balanced is no longer inside it
+    assert run([sys.executable, "-m", "stages.train", "--check"], bad, check=False).returncode == 0
+    proc = run(["bash", "-c", train_cmd(nproc)], bad, check=False)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    line = one_line(proc.stderr)
+    assert line.startswith("error: prepared/splits") and "val_balanced" in line and "dvc repro -f prepare" in line
+    assert "ChildFailedError" not in proc.stderr and "exitcode" not in proc.stderr
+
+
+def test_the_train_stage_launches_through_the_one_line_launcher_with_torchrun_s_options():
+    cmd = train_cmd(4)
+    assert "python -m rts.training.launch --standalone --nproc-per-node=4 -m stages.train" in cmd

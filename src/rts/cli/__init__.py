@@ -5,6 +5,10 @@ Each subcommand is a thin module of this package, ``rts.cli.<command>``, that de
 its command runs, so ``rts check`` does not pay for importing torch. An :class:`rts.errors.RtsError`
 prints one line and exits with its class's code (``rts.errors``); anything else is a bug and keeps
 its traceback.
+
+Conventions every subcommand follows: what it writes is ``-o/--out PATH`` (older spellings such as
+``--json OUT`` or a positional output folder still work, unlisted); ``--help`` shows each option's
+default; ``-v`` goes before or after the command; ``rts --version`` prints the version.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import importlib
 import sys
 
+from rts import __version__
 from rts.errors import exit_on_error
 from rts.logs import configure
 
@@ -33,8 +38,24 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
                         help="-v: debug logging of rts; -vv: also of the libraries (rasterio, MLflow, ...)")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with every option's default, "(default: X)", unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (action.help is argparse.SUPPRESS or "default" in text.lower() or action.required or action.nargs == 0
+                or default is None or default is argparse.SUPPRESS or default == []):
+            return action.help  # flags (store_true, count, version) have no default worth showing
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return action.help
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rts", description="RTS segmentation tools")
+    parser = argparse.ArgumentParser(prog="rts", description="RTS segmentation tools", formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rts {__version__}")
     add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
@@ -50,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(known.verbose)
     module_name, help_text = COMMANDS[known.command]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"rts {known.command}", description=help_text)
+    parser = argparse.ArgumentParser(prog=f"rts {known.command}", description=help_text, formatter_class=HelpFormatter)
     module.add_arguments(parser)
     add_verbosity(parser)  # -v/-vv after the command too: `rts check -v DATA`
     args = parser.parse_args(argv[split + 1 :])

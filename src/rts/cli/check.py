@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, metavar="DATA", help="dataset folder")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the problems and warnings as JSON")
-    parser.add_argument("--workers", type=int, default=1, help="threads reading tiles (default 1)")
+    parser.add_argument("-o", "--out", type=Path, metavar="JSON", help="also write the problems and warnings as JSON here")
+    parser.add_argument("--json", type=Path, dest="out", help=argparse.SUPPRESS)  # the older spelling of --out
+    parser.add_argument("--workers", type=int, default=1, help="threads reading tiles")
     parser.add_argument("--progress", action="store_true", help="show a progress bar over tiles")
 
 
@@ -25,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers: must be >= 1, got {args.workers}")
     result = run_checks(args.data, progress=args.progress, workers=args.workers)
     print(format_report(result.problems, warnings=result.warnings, n_tiles=result.n_tiles))
-    if args.json is not None:
+    if args.out is not None:
         write_json_atomic(
-            args.json,
+            args.out,
             {
                 "dataset": str(args.data),
                 "ok": result.ok,

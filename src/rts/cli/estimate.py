@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
     parser.add_argument("--training-allocation", type=float, default=DEFAULT_TRAINING_ALLOCATION)
     parser.add_argument("--inference-allocation", type=float, default=DEFAULT_INFERENCE_ALLOCATION)
-    parser.add_argument("--json", type=Path, default=None, help="write the projection JSON here")
+    parser.add_argument("-o", "--out", type=Path, default=None, metavar="JSON", help="write the projection JSON here")
+    parser.add_argument("--json", type=Path, dest="out", help=argparse.SUPPRESS)  # the older spelling of --out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.profile is not None:
         result["assumptions"]["profile"] = {"path": str(args.profile), **prof}
     print(format_table(result))
-    if args.json is not None:
-        write_json_atomic(args.json, result)
-        log.info("wrote %s", args.json)
+    if args.out is not None:
+        write_json_atomic(args.out, result)
+        log.info("wrote %s", args.out)
     return 0

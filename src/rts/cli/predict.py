@@ -9,48 +9,60 @@ from pathlib import Path
 
 import torch
 
+from rts.config import EvaluateConfig
+from rts.errors import ConfigError
 from rts.data.windows import VALID_SCALES
 from rts.inference.predict import RUN_LOG, run_predict
+from rts.inference.scene import parse_bands
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands)")
-    parser.add_argument("--model", default="models/rts-model", help="model package folder (default: models/rts-model)")
-    parser.add_argument("--out", "-o", required=True, help="output folder")
+    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands R, G, B; see --bands)")
+    parser.add_argument("--model", default="models/rts-model", help="model package folder")
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("--bands", "--rgb-bands", metavar="R,G,B",
+                        help="1-based bands of red, green, blue in the scenes or mosaic, e.g. 3,2,1 for a PlanetScope "
+                             "4-band BGRN scene (the bands must be uint8; default: 1,2,3 of a 3-band RGB file)")
     parser.add_argument("--tiles", help="CSV tile list (tile_id, minx, miny, maxx, maxy in EPSG:3413); needs --mosaic")
     parser.add_argument("--mosaic", help="RGB mosaic (VRT/GeoTIFF) the tile list is read from")
     parser.add_argument("--extra", action="append", default=[], help="4-band EXTRA raster on the scene grid (one per scene, in order)")
     parser.add_argument("--labels", action="append", default=[], help="label raster per scene: object recall in the run log")
     parser.add_argument("--scales", type=float, nargs="+", choices=VALID_SCALES, help="default: the package's")
     parser.add_argument("--tta", choices=("none", "minimal", "standard", "full"), help="default: the package's")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="passes per forward")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: calibrated, see --ratio)")
-    parser.add_argument("--ratio", type=int, default=500, help="prevalence ratio of the calibrated object threshold (default 500)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ratio", type=int, default=500, help="prevalence ratio 1:R of the calibrated object threshold")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA")
     parser.add_argument("--stride", type=int, help="pass spacing in px (default tile_size / 2)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader reader processes (default: min(4, CPU count); 0: read in the main process)")
-    parser.add_argument("--blocksize", type=int, default=512, help="COG block size (default 512)")
+    parser.add_argument("--blocksize", type=int, default=512, help="COG block size")
     parser.add_argument("--finalize-workers", type=int, default=1,
                         help="threads writing a finished scene's COGs and polygons while the next scene's passes run "
                              "(default 1; 0: write before starting the next)")
     parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
-    parser.add_argument("--min-object-px", type=int, default=0, help="object size for the --labels metric")
+    parser.add_argument("--min-object-px", type=int, default=EvaluateConfig.min_object_px,
+                        help="smallest object in pixels for the --labels metric, as evaluate.min_object_px")
     parser.add_argument("--iou", type=float, default=0.3, help="IoU of a match for the --labels metric")
     parser.add_argument("--susceptibility", help="RTS likelihood raster (any CRS/resolution): skip passes and drop objects below --min-likelihood")
-    parser.add_argument("--min-likelihood", type=float, default=0.5, help="susceptibility threshold (default 0.5)")
+    parser.add_argument("--min-likelihood", type=float, default=0.5, help="susceptibility threshold")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.min_object_px < 1:
+        raise ConfigError(f"--min-object-px {args.min_object_px}: must be >= 1 (objects smaller than this many pixels are "
+                          f"ignored; evaluate.min_object_px is {EvaluateConfig.min_object_px})")
+    rgb_bands = parse_bands(args.bands)
     run_log = run_predict(
         args.model, args.out, scenes=args.scenes, extras=args.extra, labels=args.labels, tiles=args.tiles, mosaic=args.mosaic,
         scales=args.scales, tta=args.tta, threshold=args.threshold, ratio=args.ratio, device=args.device, amp=args.amp,
         stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
         keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
         susceptibility=args.susceptibility, min_likelihood=args.min_likelihood, finalize_workers=args.finalize_workers,
+        rgb_bands=rgb_bands,
     )
     log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
              run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),

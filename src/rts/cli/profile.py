@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per batch size")
-    parser.add_argument("--out", type=Path, required=True, help="write the profile JSON here")
+    parser.add_argument("-o", "--out", type=Path, required=True, metavar="JSON", help="write the profile JSON here")
 
 
 def setup_from_args(args: argparse.Namespace) -> tuple[StepSetup, Params]:

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from rts.config import EvaluateConfig
 from rts.io import write_json_atomic
 from rts.metrics.score import format_table, score_folders
 
@@ -18,9 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", type=int, nargs="+", default=[200, 500, 1000], help="prevalence ratios 1:R")
     parser.add_argument("--positive-from-labels", action="store_true", default=True,
                         help="a tile is positive when its label has a 1 pixel (the only mode; accepted for clarity)")
-    parser.add_argument("--out", type=Path, default=None, help="write the metrics JSON here")
+    parser.add_argument("-o", "--out", type=Path, default=None, metavar="JSON", help="write the metrics JSON here")
     parser.add_argument("--threshold", type=float, default=0.5, help="operating threshold")
-    parser.add_argument("--min-object-px", type=int, default=200, help="smallest object in pixels")
+    parser.add_argument("--min-object-px", type=int, default=EvaluateConfig.min_object_px,
+                        help="smallest object in pixels, as evaluate.min_object_px")
 
 
 def run(args: argparse.Namespace) -> int:

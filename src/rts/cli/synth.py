@@ -17,12 +17,14 @@ from rts.authoring.synth import (
     synthesize,
     write_preview,
 )
+from rts.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="output dataset folder (created)")
+    parser.add_argument("-o", "--out", type=Path, help="output dataset folder (created)")
+    parser.add_argument("out_folder", type=Path, nargs="?", help=argparse.SUPPRESS)  # `rts synth OUT`, the older form
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="demo: the `make demo` dataset (128 px); tiny: for tests (64 px)")
     parser.add_argument("--n-pos", type=int, default=None, help=f"total positive tiles (default {DEFAULT_N_POS} or the preset's)")
     parser.add_argument("--n-neg", type=int, default=None, help=f"total negative tiles (default {DEFAULT_N_NEG} or the preset's)")
@@ -36,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None and args.out_folder is None:
+        raise ConfigError("rts synth: no output folder; give -o OUT (e.g. rts synth -o data --preset demo)")
+    if args.out is not None and args.out_folder is not None and args.out != args.out_folder:
+        raise ConfigError(f"rts synth: two output folders, -o {args.out} and {args.out_folder}; give one")
+    args.out = args.out or args.out_folder
     summary = synthesize(
         args.out,
         preset=args.preset,

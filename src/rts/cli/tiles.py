@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument
     p("--scene", action="append", required=True, type=Path, help="RGB scene (GeoTIFF/VRT, any CRS); repeatable")
     p("--polygons", required=True, type=Path, help="RTS polygons (GeoJSON/GeoPackage/Shapefile, ARTS schema)")
-    p("--out", required=True, type=Path, help="output dataset folder (re-runs resume)")
-    p("--rgb-bands", type=int_list, default=d.rgb_bands, help="1-based R,G,B bands of the scene, e.g. 3,2,1 for Sentinel-2 B4,B3,B2 in a B2.. stack")
+    p("-o", "--out", required=True, type=Path, help="output dataset folder (re-runs resume)")
+    p("--rgb-bands", "--bands", type=int_list, default=d.rgb_bands, help="1-based R,G,B bands of the scene, e.g. 3,2,1 for Sentinel-2 B4,B3,B2 in a B2.. stack")
     p("--rgb-scale", default=d.rgb_scale, help="auto | none | percentile | NUMBER (value*255/NUMBER, e.g. 3000 for S2 reflectance x10000); auto = none for uint8, percentile otherwise")
     p("--resampling", choices=["bilinear", "cubic"], default=d.resampling, help="RGB resampling onto the 3 m grid")
     p("--extra", action="append", default=[], type=str, metavar="CHANNEL=PATH[:BANDS]", help="ndvi=s2.tif:RED,NIR | nir=s2.tif:NIR | re=dem.tif | sr=dem.tif; repeatable")

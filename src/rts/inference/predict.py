@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from rts.data.windows import crop_centre
-from rts.errors import OutputError
+from rts.errors import ConfigError, OutputError
 from rts.inference.outputs import (
     MASK_NODATA,
     PROB_NODATA,
@@ -58,6 +58,7 @@ from rts.inference.scene import (
     TILE_ERROR,
     TILE_NODATA,
     TILE_OK,
+    RGB_BANDS,
     Region,
     TileWindows,
     check_rgb_files,
@@ -85,21 +86,65 @@ def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     return {"prob": out / f"{name}.prob.tif", "mask": out / f"{name}.mask.tif", "polygons": out / f"{name}.gpkg"}
 
 
+def check_threshold_range(threshold: float) -> float:
+    """``--threshold``: a probability in [0, 1], else a :class:`ConfigError`."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: must be a probability in [0, 1]")
+    return float(threshold)
+
+
+def calibrated_threshold(model: str | os.PathLike, ratio: int = 500, level: str = "object") -> float:
+    """The calibrated threshold of a model package for ``ratio`` and ``level``, read from its
+    ``threshold_calibration.json`` alone, so that ``rts predict`` can refuse a package without one
+    before it spends time loading the model.
+
+    Raises:
+        ConfigError: the package has no calibration file, no entry for ``ratio``, or calibration
+            did not reach its target precision there; the message names the file and what to pass.
+    """
+    model = Path(model)
+    if not model.is_dir():
+        raise ConfigError(f"{model}: a bare model file has no calibrated threshold; pass --threshold P (a probability "
+                          f"in [0, 1]), or give the package folder that holds {CALIBRATION_FILE}")
+    path = model / CALIBRATION_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found, so {model} has no calibrated threshold (an uncalibrated package, as the "
+                          "train stage writes); pass --threshold P (a probability in [0, 1]), or calibrate it "
+                          "(`dvc repro calibrate` writes the calibrated package models/rts-model)")
+    try:
+        thresholds = json.loads(path.read_text()).get("thresholds") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); re-run calibrate, or pass --threshold P") from None
+    entry = (thresholds.get(str(ratio)) or {}).get(level)
+    if entry is None:
+        have = ", ".join(sorted(thresholds, key=lambda r: int(r) if r.isdigit() else 0)) or "none"
+        raise ConfigError(f"{path}: no {level} threshold for --ratio {ratio} (calibrated ratios: {have}); "
+                          "pass one of those as --ratio, or --threshold P")
+    if entry.get("threshold") is None:
+        best, at = entry.get("best_precision"), entry.get("best_precision_threshold")
+        target = entry.get("target_precision")
+        lower = (f", or re-run calibrate with a target it reaches: dvc exp run -S calibrate.target_precision={int(best * 100) / 100:g}"
+                 if best else "")
+        seen = f" (best precision {best:.3f}, at threshold {at:.3g})" if best is not None and at is not None else ""
+        raise ConfigError(f"{path}: no 1:{ratio} {level} threshold: calibration did not reach calibrate.target_precision="
+                          f"{target} on val-realistic{seen}; pass --threshold P (a probability in [0, 1]){lower}")
+    return float(entry["threshold"])
+
+
 def resolve_threshold(predictor: Predictor, threshold: float | None, ratio: int = 500, level: str = "object") -> tuple[float, str]:
     """The operating threshold and where it came from: ``threshold`` if given, else the calibrated one.
 
     Raises:
-        ValueError: no ``threshold`` and the package has no calibrated threshold for ``ratio``.
+        ConfigError: ``threshold`` is not a probability, or there is none and the package has no
+            calibrated threshold for ``ratio`` (``rts predict`` checks this before it loads the model:
+            :func:`calibrated_threshold`).
     """
     if threshold is not None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"--threshold must be a probability in [0, 1], got {threshold}")
-        return float(threshold), "--threshold"
+        return check_threshold_range(threshold), "--threshold"
     try:
         return predictor.threshold(ratio, level), f"calibrated 1:{ratio} {level}"
     except (KeyError, ValueError) as e:
-        raise ValueError(f"no threshold: {e.args[0]}. The model package has no usable calibration.json threshold; "
-                         f"pass --threshold or use the calibrated package (models/rts-model/)") from None
+        raise ConfigError(f"no threshold: {e.args[0]}; pass --threshold P (a probability in [0, 1])") from None
 
 
 # ------------------------------------------------------------------------------ state on disk
@@ -491,6 +536,8 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
                 "tiles": len(region.tiles)}
     if susceptibility.enabled:
         settings["susceptibility"] = susceptibility.describe()
+    if tuple(region.rgb_bands) != RGB_BANDS:  # only then: work folders of earlier runs keep their settings
+        settings["rgb_bands"] = list(region.rgb_bands)
     entry: dict[str, Any] = {"name": region.name, "source": region.rgb, "extra": region.extra, "reprojected": region.warp is not None,
                              "tiles_total": len(region.tiles)}
     lock = RegionLock(work)
@@ -569,7 +616,7 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
 
 def predict_scene(predictor: Predictor, scene: str | os.PathLike, out_dir: str | os.PathLike, *, threshold: float,
                   extra: str | os.PathLike | None = None, labels: str | os.PathLike | None = None, stride: int | None = None,
-                  **kwargs: Any) -> dict:
+                  rgb_bands: tuple[int, int, int] = RGB_BANDS, **kwargs: Any) -> dict:
     """Predict one RGB scene (GeoTIFF/VRT, any CRS: reprojected to EPSG:3413 at 3 m) into ``out_dir``.
 
     Args:
@@ -580,17 +627,19 @@ def predict_scene(predictor: Predictor, scene: str | os.PathLike, out_dir: str |
         extra: 4-band EXTRA raster on the scene's grid; required when the model uses EXTRA channels.
         labels: Optional label raster (scene grid) for object recall in the log.
         stride: Pass spacing in pixels (default ``tile_size // 2``).
+        rgb_bands: 1-based bands of ``scene`` read as R, G, B (``--bands``; e.g. 3, 2, 1 for BGRN).
         **kwargs: ``predict_region`` options (batch_size, num_workers, blocksize, keep_work, ...).
     """
     stride = stride or predictor.tile_size // 2
     _check_extra(predictor, extra, scene)
     region = region_for_scene(scene, tile_size=predictor.tile_size, stride=stride, extra=extra,
-                              extra_bands=predictor.normalizer.extra_index, labels=labels)
+                              extra_bands=predictor.normalizer.extra_index, labels=labels, rgb_bands=rgb_bands)
     return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
 
 
 def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  threshold: float, extra: str | os.PathLike | None = None, stride: int | None = None, **kwargs: Any) -> dict:
+                  threshold: float, extra: str | os.PathLike | None = None, stride: int | None = None,
+                  rgb_bands: tuple[int, int, int] = RGB_BANDS, **kwargs: Any) -> dict:
     """Predict the tiles of a CSV list (``tile_id, minx, miny, maxx, maxy``, EPSG:3413) over a mosaic.
 
     Outputs cover the bounding box of the listed tiles (pixels outside every tile are nodata) and
@@ -599,7 +648,7 @@ def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: st
     stride = stride or predictor.tile_size // 2
     _check_extra(predictor, extra, mosaic)
     region = region_for_tiles(tile_list, mosaic, tile_size=predictor.tile_size, stride=stride, extra=extra,
-                              extra_bands=predictor.normalizer.extra_index)
+                              extra_bands=predictor.normalizer.extra_index, rgb_bands=rgb_bands)
     return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
 
 
@@ -617,7 +666,8 @@ def _check_extra(predictor: Predictor, extra, scene) -> None:
 def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes: list[str] = (), extras: list[str] = (),
                 labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
                 tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
-                susceptibility: str | None = None, min_likelihood: float = 0.5, finalize_workers: int = 1, **kwargs: Any) -> dict:
+                susceptibility: str | None = None, min_likelihood: float = 0.5, finalize_workers: int = 1,
+                rgb_bands: tuple[int, int, int] = RGB_BANDS, **kwargs: Any) -> dict:
     """Everything ``rts predict`` does: load the package, predict each input, write the run log.
 
     A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
@@ -626,31 +676,41 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     ``finalize_workers``: threads writing finished regions' outputs while the next region's passes
     run (0: write each region before starting the next). At most this many regions wait for their
     writes at a time (their accumulators stay on disk until then). Outputs are identical either way.
+    ``rgb_bands``: the 1-based bands of every scene (or the mosaic) read as R, G, B (``--bands``).
+
+    Every input, the threshold and the susceptibility layer are checked before the model loads, so
+    a wrong argument fails in a second with one line (:class:`rts.errors.RtsError`).
     """
     if finalize_workers < 0:
-        raise ValueError(f"--finalize-workers must be >= 0, got {finalize_workers}")
+        raise ConfigError(f"--finalize-workers {finalize_workers}: must be >= 0")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if bool(tiles) != bool(mosaic):
-        raise ValueError("--tiles and --mosaic go together (a tile list is predicted over a mosaic)")
+        raise ConfigError("--tiles and --mosaic go together (a tile list is predicted over a mosaic)")
     if not scenes and not tiles:
-        raise ValueError("nothing to predict: give scene files or --tiles CSV --mosaic FILE")
+        raise ConfigError("nothing to predict: give scene files or --tiles CSV --mosaic FILE")
     if extras and len(extras) != (len(scenes) if scenes else 1):
-        raise ValueError(f"--extra: {len(extras)} file(s) for {len(scenes) if scenes else 1} input(s); give one per scene, in order")
+        raise ConfigError(f"--extra: {len(extras)} file(s) for {len(scenes) if scenes else 1} input(s); give one per scene, in order")
     if labels and len(labels) != len(scenes):
-        raise ValueError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
+        raise ConfigError(f"--labels: {len(labels)} file(s) for {len(scenes)} scene(s); give one per scene, in order")
     named: dict[str, str] = {}
     for src in [*scenes, *([tiles] if tiles else [])]:  # outputs and work folders are named after the file stem
         stem = Path(src).stem
         if stem in named:
-            raise ValueError(f"{src} and {named[stem]} share the name {stem!r}, and outputs are named after it; "
+            raise ConfigError(f"{src} and {named[stem]} share the name {stem!r}, and outputs are named after it; "
                              "rename one or predict them into separate output folders")
         named[stem] = str(src)
-    check_rgb_files([*scenes, *([mosaic] if mosaic else [])])  # before the model: a wrong scene fails in seconds
+    rgb_bands = tuple(rgb_bands)
+    # before the model: a wrong scene, band mapping or missing threshold fails in a second, not after the load
+    check_rgb_files([*scenes, *([mosaic] if mosaic else [])], rgb_bands)
+    model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
+    if threshold is not None:
+        check_threshold_range(threshold)
+    elif model_file.exists():  # a missing package is named by load_predictor, at once
+        calibrated_threshold(model, ratio)
     layer = SusceptibilityFilter.open(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
     predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp, benchmark=True)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)
-    model_file = Path(model) / MODEL_FILE if Path(model).is_dir() else Path(model)
     errors: list[dict] = []
     regions = []
     jobs = [("scene", s, extras[i] if extras else None, labels[i] if labels else None) for i, s in enumerate(scenes)]
@@ -676,10 +736,10 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
             try:
                 if kind == "scene":
                     result = predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors,
-                                           susceptibility=layer, finisher=finisher, **kwargs)
+                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, **kwargs)
                 else:
                     result = predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors,
-                                           susceptibility=layer, finisher=finisher, **kwargs)
+                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, **kwargs)
             except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
                 failed(src, e)
                 continue
@@ -700,6 +760,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         "stride": kwargs.get("stride") or predictor.tile_size // 2, "device": str(predictor.device),
         "device_name": torch.cuda.get_device_name(predictor.device) if predictor.device.type == "cuda" else "cpu",
         "amp": amp, "options": {**{k: v for k, v in kwargs.items() if k != "stride"}, "finalize_workers": finalize_workers},
+        "rgb_bands": list(rgb_bands),
         **{k: sum(r.get(k, 0) for r in regions) for k in keys},
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
     }

@@ -19,6 +19,7 @@ in the run log, and the run continues.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,13 @@ import numpy as np
 import torch
 from affine import Affine
 
-from rts.errors import DataError
+from rts.errors import ConfigError, DataError
 from rts.io import CRS, PIXEL_SIZE_M
 
+log = logging.getLogger(__name__)
+
 TILE_OK, TILE_NODATA, TILE_ERROR = "ok", "nodata", "error"
+RGB_BANDS = (1, 2, 3)  # 1-based bands of R, G, B in a scene: a 3-band RGB file as training reads it
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Region:
         warp: WarpedVRT arguments when the source is reprojected, else None.
         boxes: Tile-list mode: (tile_id, row0, col0, row1, col1) source-pixel boxes; output
             pixels outside every box are nodata. None for a scene.
+        rgb_bands: 1-based bands of the source read as R, G, B (``--bands``; 1, 2, 3 for an RGB file).
     """
 
     name: str
@@ -75,6 +80,7 @@ class Region:
     boxes: list[tuple[str, int, int, int, int]] | None = None
     labels: str | None = None
     extra_bands: list[int] = field(default_factory=list)
+    rgb_bands: tuple[int, int, int] = RGB_BANDS
 
     def tile_bounds(self, tile: Tile, tile_size: int) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) in EPSG:3413 of a pass's centre tile."""
@@ -194,14 +200,18 @@ class TileWindows(torch.utils.data.Dataset):
             r1, c1 = min(tile.row + T, H), min(tile.col + T, W)
             valid = np.zeros((T, T), np.uint8)
             if r1 > r0 and c1 > c0:
-                m = self._rgb.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0))
+                win = Window(c0, r0, c1 - c0, r1 - r0)
+                if self.region.rgb_bands == RGB_BANDS:
+                    m = self._rgb.dataset_mask(window=win)
+                else:  # only the bands read count: a 4-band scene's NIR nodata is not the RGB's
+                    m = self._rgb.read_masks(list(self.region.rgb_bands), window=win).max(axis=0)
                 valid[r0 - tile.row : r1 - tile.row, c0 - tile.col : c1 - tile.col] = m > 0
             if not valid.any():
                 return i, empty, torch.from_numpy(valid), TILE_NODATA, ""
             m = (S - T) // 2
             rows = reflect_index(np.arange(tile.row - m, tile.row - m + S), H)
             cols = reflect_index(np.arange(tile.col - m, tile.col - m + S), W)
-            parts = [self._read(self._rgb, [1, 2, 3], rows, cols)]
+            parts = [self._read(self._rgb, list(self.region.rgb_bands), rows, cols)]
             if self._extra is not None:
                 parts.append(self._read(self._extra, [b + 1 for b in self.region.extra_bands], rows, cols))
             window = np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -234,22 +244,51 @@ def fuse_scales(per_scale_logits: list[torch.Tensor]) -> tuple[torch.Tensor, tor
 
 
 RGB_VRT_HINT = ("make a 3-band uint8 RGB VRT first, e.g. for a PlanetScope 4-band BGRN analytic scene: "
-                "gdal_translate -of VRT -b 3 -b 2 -b 1 -ot Byte -scale 0 3000 0 255 SCENE.tif SCENE_rgb.vrt")
+                "gdal_translate -of VRT -b 3 -b 2 -b 1 -ot Byte -scale 0 3000 0 255 SCENE.tif SCENE_rgb.vrt "
+                "(use the scaling your training tiles were made with, `rts tiles --rgb-scale`)")
 
 
-def check_rgb(src, path: str | Path) -> None:
-    """Refuse a raster that is not 3-band uint8 RGB, the training data's format.
+def parse_bands(text: str | None) -> tuple[int, int, int]:
+    """``--bands R,G,B``: the 1-based bands of a scene read as red, green, blue (``3,2,1`` for a
+    PlanetScope BGRN scene); None gives 1, 2, 3."""
+    if text is None:
+        return RGB_BANDS
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ConfigError(f"--bands {text!r}: expected the 1-based bands of red, green and blue, e.g. --bands 3,2,1 "
+                          "for a PlanetScope BGRN scene")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def check_rgb(src, path: str | Path, bands: tuple[int, int, int] = RGB_BANDS) -> None:
+    """Refuse a raster that does not give 3 uint8 bands of R, G, B, the training data's format.
 
     Anything else used to run without a word: a uint16 or 0-1 float scene was cast to float32 and
     normalised as if it were 0-255, and a 4-band BGRN scene was read as RGB (GDAL may even take
     band 4 as alpha and skip passes as nodata); every output was wrong and the run exited 0.
+    ``bands`` (``--bands``) picks R, G, B out of a scene with more bands; they must be uint8 too,
+    because data-format.md defines the model's input as raw uint8 values and no reflectance scaling.
     """
-    dtype = src.dtypes[0] if src.count else "none"
-    if src.count != 3 or any(d != "uint8" for d in src.dtypes):
-        raise DataError(f"{path}: {src.count} band(s) of {dtype}; rts predict reads 3-band uint8 RGB (R, G, B). To fix: {RGB_VRT_HINT}")
+    bands = tuple(bands)
+    if bands == RGB_BANDS:
+        dtype = src.dtypes[0] if src.count else "none"
+        if src.count != 3 or any(d != "uint8" for d in src.dtypes):
+            picks = (" A 4-band PlanetScope BGRN scene of uint8 takes --bands 3,2,1 (1-based R,G,B);"
+                     if src.count > 3 and all(d == "uint8" for d in src.dtypes) else "")
+            raise DataError(f"{path}: {src.count} band(s) of {dtype}; rts predict reads 3-band uint8 RGB (R, G, B).{picks} "
+                            f"To fix: {RGB_VRT_HINT}")
+        return
+    bad = [b for b in bands if b > src.count]
+    if bad:
+        raise ConfigError(f"--bands {','.join(map(str, bands))}: {path} has {src.count} band(s), no band {bad[0]}; "
+                          f"give the 1-based bands of R,G,B among 1..{src.count}")
+    dtypes = sorted({src.dtypes[b - 1] for b in bands})
+    if dtypes != ["uint8"]:
+        raise DataError(f"{path}: bands {','.join(map(str, bands))} are {'/'.join(dtypes)}; rts predict reads uint8 R, G, B "
+                        f"as training did (raw 0-255 values; data-format.md gives no scaling of reflectance). To fix: {RGB_VRT_HINT}")
 
 
-def check_rgb_files(paths: list[str | Path]) -> None:
+def check_rgb_files(paths: list[str | Path], bands: tuple[int, int, int] = RGB_BANDS) -> None:
     """:func:`check_rgb` on every file, before any model is loaded. A file that cannot be opened is
     left to the run, which logs it and goes on with the others (one broken download must not stop a
     pan-Arctic run); a readable file in the wrong format stops it here, before any GPU time."""
@@ -261,28 +300,33 @@ def check_rgb_files(paths: list[str | Path]) -> None:
         except rasterio.errors.RasterioIOError:
             continue
         with src:
-            check_rgb(src, path)
+            check_rgb(src, path, bands)
 
 
-def rgb_grid(path: str | Path) -> tuple[Any, int, int, Any]:
+def rgb_grid(path: str | Path, bands: tuple[int, int, int] = RGB_BANDS) -> tuple[Any, int, int, Any]:
     """(warp arguments, height, width, transform) of an RGB scene or mosaic on the output grid
     (EPSG:3413, 3 m), after :func:`check_rgb`."""
     import rasterio
 
     with rasterio.open(path) as src:
-        check_rgb(src, path)
+        check_rgb(src, path, bands)
+        alpha = [i + 1 for i, c in enumerate(src.colorinterp) if c.name == "alpha" and i + 1 not in bands]
+        if alpha and src.nodata is None and tuple(bands) != RGB_BANDS:
+            log.warning("%s: band %d is marked alpha, so its 0 pixels are read as nodata; if it is not a mask (e.g. NIR of "
+                        "BGRN), mark it: gdal_edit.py -colorinterp_%d undefined %s", path, alpha[0], alpha[0], path)
         warp = warp_arguments(src)
         with open_source(str(path), warp) as s:
             return warp, s.height, s.width, s.transform
 
 
 def region_for_scene(path: str | Path, *, tile_size: int, stride: int, extra: str | Path | None = None,
-                     extra_bands: list[int] | None = None, labels: str | Path | None = None) -> Region:
+                     extra_bands: list[int] | None = None, labels: str | Path | None = None,
+                     rgb_bands: tuple[int, int, int] = RGB_BANDS) -> Region:
     """The region of a whole scene; raises ValueError naming the file when it cannot be used."""
     import rasterio
 
     path = Path(path)
-    warp, height, width, transform = rgb_grid(path)
+    warp, height, width, transform = rgb_grid(path, rgb_bands)
     if extra is not None:
         with rasterio.open(extra) as ex:
             if ex.count != 4:
@@ -296,7 +340,8 @@ def region_for_scene(path: str | Path, *, tile_size: int, stride: int, extra: st
              for c in grid_positions(width, tile_size, stride)]
     return Region(name=path.stem, rgb=str(path), extra=str(extra) if extra else None, row_off=0, col_off=0,
                   height=height, width=width, transform=transform, source_shape=(height, width), tiles=tiles,
-                  warp=warp, labels=str(labels) if labels else None, extra_bands=list(extra_bands or []))
+                  warp=warp, labels=str(labels) if labels else None, extra_bands=list(extra_bands or []),
+                  rgb_bands=tuple(rgb_bands))
 
 
 def read_tile_list(path: str | Path) -> list[tuple[str, float, float, float, float]]:
@@ -325,7 +370,8 @@ def read_tile_list(path: str | Path) -> list[tuple[str, float, float, float, flo
 
 
 def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: int, stride: int,
-                     extra: str | Path | None = None, extra_bands: list[int] | None = None) -> Region:
+                     extra: str | Path | None = None, extra_bands: list[int] | None = None,
+                     rgb_bands: tuple[int, int, int] = RGB_BANDS) -> Region:
     """The region covering a tile list over a mosaic.
 
     Passes lie on the mosaic's global grid (origins at multiples of ``stride`` from the mosaic's
@@ -335,7 +381,7 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
     import rasterio
 
     rows = read_tile_list(tile_list)
-    warp, H, W, transform = rgb_grid(mosaic)
+    warp, H, W, transform = rgb_grid(mosaic, rgb_bands)
     inv = ~transform
     boxes = []
     for tid, minx, miny, maxx, maxy in rows:
@@ -362,4 +408,5 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
                 raise ValueError(f"{extra}: EXTRA grid differs from the mosaic {mosaic}; they must share one grid")
     return Region(name=name, rgb=str(mosaic), extra=str(extra) if extra else None, row_off=top, col_off=left,
                   height=bottom - top, width=right - left, transform=transform @ Affine.translation(left, top),
-                  source_shape=(H, W), tiles=tiles, warp=warp, boxes=boxes, extra_bands=list(extra_bands or []))
+                  source_shape=(H, W), tiles=tiles, warp=warp, boxes=boxes, extra_bands=list(extra_bands or []),
+                  rgb_bands=tuple(rgb_bands))
