@@ -49,26 +49,12 @@ def main() -> int:
 
 
 def log_to_mlflow(params, package_dir: Path) -> None:
-    """Final artifacts on the training run, so one MLflow run holds the whole story."""
+    """The logged model, calibration metrics and final artifacts on the training run (rts.evaluation.record)."""
     if not params.tracking.mlflow:
         return
-    from rts.inference.predictor import load_package
-    from rts.tracking import Tracker
+    from rts.evaluation.record import log_calibration
 
-    run_id = load_package(package_dir).get("mlflow_run_id")
-    tracker = Tracker(active=True, mlflow_enabled=True, tracking_uri=params.tracking.mlflow_tracking_uri,
-                      experiment=params.tracking.mlflow_experiment, run_id=run_id, live_dir=None)
-    for path in [*sorted(package_dir.iterdir()), Path("plots/pr_curves_val_realistic.png"), Path("plots/reliability.png"), Path("metrics/test.json"),
-                 Path("metrics/headline.json"), Path("metrics/evaluate.json"), Path("metrics/evaluate_test.json"), Path("params.yaml"), Path("dvc.lock")]:
-        if path.exists():
-            tracker.log_artifact(path, "final")
-    head = json.loads(Path("metrics/headline.json").read_text())
-    calibration = json.loads(Path("metrics/calibration.json").read_text())
-    figures = {f"calibration/{k}": calibration[k] for k in ("temperature", "nll_before", "nll_after", "ece_before", "ece_after")}
-    figures.update({f"calibration/1:{r}/threshold": t["object"]["threshold"] for r, t in calibration["thresholds"].items()})
-    figures.update({f"{split}/{r}/{k}": v for split in ("val_realistic", "test_realistic") for r, e in head[split].items() for k, v in e.items()})
-    tracker.log_metrics(figures, step=0)  # the one naming scheme of dvclive and the metrics files; undefined values skipped
-    tracker.close()
+    log_calibration(params.tracking, package_dir)
 
 
 if __name__ == "__main__":

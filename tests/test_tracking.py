@@ -38,3 +38,50 @@ def test_dvclive_records_each_validation_at_its_global_step_under_the_grouped_na
     rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows[1:]] == ["3", "6"] and rows[0].split("\t")[-1] == "loss"
     assert not (tmp_path / "live/plots/metrics/val_realistic").exists()  # NaN is not logged
+
+
+def _client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def test_experiment_is_tagged_for_the_model_training_view_new_or_old(tmp_path, monkeypatch):
+    """Without ``mlflow.experimentKind`` MLflow 3's UI opened the experiment on the GenAI traces page."""
+    from rts.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment="fresh", live_dir=None).close()
+    client = _client(uri)
+    assert client.get_experiment_by_name("fresh").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    old = client.create_experiment("old")  # made before the tag existed
+    mine = client.create_experiment("mine", tags={EXPERIMENT_KIND_TAG: "finetuning"})  # a kind set by hand
+    for name in ("old", "mine"):
+        Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment=name, live_dir=None).close()
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(mine).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+
+
+def test_mlflow_gets_system_metrics_and_finite_values_only_and_the_sampler_stops_with_the_run(tmp_path, monkeypatch):
+    """System metrics were off, and NaN went into MLflow; the sampling thread must end with the run."""
+    import threading
+    import time
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # 10 s by default
+    tracker = Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment="rts", live_dir=str(tmp_path / "live"),
+                      system_metrics=True)
+    assert any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
+    tracker.log_metrics({"train/loss": 0.5, "val_realistic/1:500/obj_iou0.3_precision": float("nan"), "x/none": None,
+                         "x/inf": float("inf"), "x/bool": True}, step=3)
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(k.startswith("system/") for k in _client(uri).get_run(tracker.run_id).data.metrics):
+        time.sleep(0.2)
+    tracker.close()
+    assert not any(t.name == "SystemMetricsMonitor" and t.is_alive() for t in threading.enumerate())
+    metrics = _client(uri).get_run(tracker.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics, sorted(metrics)
+    assert {k for k in metrics if not k.startswith("system/")} == {"train/loss"}
+    assert [m.step for m in _client(uri).get_metric_history(tracker.run_id, "train/loss")] == [3]

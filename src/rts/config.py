@@ -303,8 +303,13 @@ class TrackingConfig:
     mlflow: bool = True
     mlflow_tracking_uri: str = "sqlite:///mlruns.db"
     mlflow_experiment: str = "rts-segmentation-v2"
+    registered_model_name: str | None = None  # register calibrate's logged model under this name; None: not registered
 
     def __post_init__(self) -> None:
+        name = self.registered_model_name
+        _check(name is None or (isinstance(name, str) and name.strip() != "" and not any(c in name for c in "/:")),
+               "tracking.registered_model_name", f"must be null (not registered) or a model name without '/' or ':', "
+               f"got {name!r} (e.g. rts-segmentation)")
         scheme = self.mlflow_tracking_uri.split(":", 1)[0].lower() if ":" in self.mlflow_tracking_uri else "file"
         _check(scheme in MLFLOW_SCHEMES or (len(scheme) == 1 and scheme.isalpha()),  # a Windows drive letter is a path
                "tracking.mlflow_tracking_uri", f"unknown scheme {scheme!r} in {self.mlflow_tracking_uri!r}; use one of "

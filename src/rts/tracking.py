@@ -61,23 +61,41 @@ def resolve_tracking_uri(uri: str) -> str:
     return uri
 
 
+# The experiment tag the MLflow 3 UI reads to pick an experiment's layout (its JS checks
+# ``mlflow.experimentKind``): without it an experiment opens on the GenAI "Traces" page; this
+# value opens the classic model-training view (runs, metrics charts, models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(mlflow, name: str, uri: str) -> None:
     """Create the experiment with its artifacts beside a local SQLite store (``mlartifacts/`` in the
-    main repository), not in the current folder: a queued experiment's temporary copy is deleted."""
-    if mlflow.get_experiment_by_name(name) is None:
+    main repository), not in the current folder: a queued experiment's temporary copy is deleted.
+
+    The experiment is tagged as model training (:data:`EXPERIMENT_KIND_TAG`), also an existing one
+    created before the tag; a kind someone set by hand is left as it is."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
         location = None
         if uri.startswith("sqlite:///"):
             location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
         try:
-            mlflow.create_experiment(name, artifact_location=location)
+            mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # noqa: BLE001 - a parallel worker created it first
             if mlflow.get_experiment_by_name(name) is None:
                 raise
+    elif EXPERIMENT_KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(name)
 
 
 class Tracker:
-    """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0."""
+    """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0.
+
+    ``system_metrics`` turns on MLflow's system metrics (``system/cpu_utilization_percentage``,
+    memory, disk, network, and ``system/gpu_*`` where NVML sees a GPU): a thread samples every
+    10 s (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` changes it) and stops with :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -89,6 +107,7 @@ class Tracker:
         run_id: str | None = None,
         live_dir: str | None = "dvclive/train",
         resume: bool = False,
+        system_metrics: bool = False,
     ):
         self.active = active
         self.mlflow = None
@@ -104,7 +123,8 @@ class Tracker:
                     uri = resolve_tracking_uri(tracking_uri)
                     mlflow.set_tracking_uri(uri)
                     ensure_experiment(mlflow, experiment, uri)
-                    run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None)
+                    run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None,
+                                           log_system_metrics=system_metrics)
                     break
                 except Exception as e:  # noqa: BLE001 - retried, then re-raised
                     if run_id and getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
@@ -134,8 +154,11 @@ class Tracker:
         if self.mlflow:
             self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log at global ``step``; a None, NaN or infinite value (an undefined precision) is skipped."""
+    def log_metrics(self, metrics: dict[str, float], step: int, *, model_id: str | None = None) -> None:
+        """Log at global ``step``; a None, NaN or infinite value (an undefined precision) is skipped.
+
+        ``model_id`` (an MLflow logged model's id) links the values to that model as well as the run:
+        they then show on the model's page and in ``mlflow.search_logged_models``."""
         finite = {}
         for k, v in metrics.items():
             if v is None or isinstance(v, bool) or not math.isfinite(float(v)):
@@ -143,7 +166,7 @@ class Tracker:
                 continue
             finite[k] = float(v)
         if self.mlflow and finite:
-            self.mlflow.log_metrics(finite, step=step)
+            self.mlflow.log_metrics(finite, step=step, model_id=model_id)
         if self.live:
             self.live.step = step  # before logging: dvclive records each value at its current step
             for k, v in finite.items():

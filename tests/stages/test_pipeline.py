@@ -74,7 +74,8 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exp_run(repo, records) -> Path:
     """`dvc exp run` of the four stages, recording what each loaded and read."""
-    run(["dvc", "exp", "run", *overrides()], repo, timeout=900, RTS_RECORD_DIR=str(records))
+    run(["dvc", "exp", "run", *overrides()], repo, timeout=900, RTS_RECORD_DIR=str(records),
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # 10 s by default: longer than this tiny training
     return repo
 
 
@@ -133,7 +134,13 @@ def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     exp = client.get_experiment_by_name("rts-segmentation-v2")
     (run_info,) = client.search_runs([exp.experiment_id])
     names = {a.path for a in client.list_artifacts(run_info.info.run_id, "final")}
-    assert {"final/model.pt", "final/threshold_calibration.json", "final/model_card.md", "final/test.json"} <= names
+    assert {"final/threshold_calibration.json", "final/model_card.md", "final/test.json", "final/params.yaml", "final/dvc.lock",
+            "final/evaluate.json", "final/headline.json"} <= names and "final/model.pt" not in names
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns.db'}")
+    (model,) = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")  # the weights, once
+    assert model.source_run_id == run_info.info.run_id
+    assert any(k.startswith("system/") for k in run_info.data.metrics), sorted(run_info.data.metrics)
     assert "val_realistic/1:500/pr_auc" in run_info.data.metrics and run_info.data.params["loss"] == "focal"
     assert "calibration/temperature" in run_info.data.metrics and "test_realistic/1:500/pr_auc" in run_info.data.metrics
 

@@ -73,7 +73,7 @@ def test_two_gloo_ranks_disjoint_tiles_identical_weights_rank0_writes(prepared, 
     exp = client.get_experiment_by_name("rts-segmentation-v2")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].data.params["world_size"] == "2"
-    history = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_realistic_pr_auc")]
+    history = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_realistic/pr_auc")]
     assert len(history) == 3  # one entry per validation, not per rank
 
 

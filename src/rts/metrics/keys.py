@@ -52,3 +52,17 @@ def tracking_name(key: str, iou: float) -> str:
             metric = object_key(iou, metric[len("obj_"):])
         return f"val_realistic/{ratio_key(int(ratio))}/{metric}"
     return key
+
+
+def grouped_names(nested: dict, prefix: str = "") -> dict[str, object]:
+    """The leaves of a nested report under their tracking names, the nesting joined with ``/``:
+    ``{"test_realistic": {"1:200": {"pr_auc": x}}}`` -> ``{"test_realistic/1:200/pr_auc": x}``
+    (the names dvclive and MLflow show for the metrics files). Lists are not metrics: left out."""
+    out: dict[str, object] = {}
+    for key, value in nested.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(grouped_names(value, name))
+        elif not isinstance(value, (list, tuple, str)):
+            out[name] = value
+    return out

@@ -51,14 +51,17 @@ log = logging.getLogger(__name__)
 # fingerprint, the MLflow params and the saved config cover exactly these, and dvc.yaml's train
 # params list the same (a test checks both against what a run reads).
 TRAIN_SECTIONS = ("seed", "loss", "data", "model", "focal", "tversky", "balanced_ce", "augment", "sampler", "optim", "train", "tracking")
+TRACKING_KEYS = ("mlflow", "mlflow_tracking_uri", "mlflow_experiment")  # registered_model_name is calibrate's
 VALIDATION_KEYS = ("ratios", "threshold", "primary_iou", "min_object_px", "merge_distance_px", "n_bins", "batch_size")
 # Keys that do not change what is trained; they may differ between a run and its resume.
 _NON_TRAINING_KEYS = {"resume", "num_workers", "pin_memory", "prefetch_factor", "persistent_workers"}
 
 
 def training_params(params: Params) -> dict:
-    """The params this stage reads, as a dict (``TRAIN_SECTIONS`` and ``evaluate.VALIDATION_KEYS``)."""
-    d = {k: to_dict(getattr(params, k)) if dataclasses.is_dataclass(getattr(params, k)) else getattr(params, k) for k in TRAIN_SECTIONS}
+    """The params this stage reads, as a dict (``TRAIN_SECTIONS``, ``tracking.TRACKING_KEYS`` and ``evaluate.VALIDATION_KEYS``)."""
+    d = {k: to_dict(getattr(params, k)) if dataclasses.is_dataclass(getattr(params, k)) else getattr(params, k)
+         for k in TRAIN_SECTIONS if k != "tracking"}
+    d["tracking"] = {k: getattr(params.tracking, k) for k in TRACKING_KEYS}
     d["evaluate"] = {k: getattr(params.evaluate, k) for k in VALIDATION_KEYS}
     return d
 
@@ -263,7 +266,6 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     if dist.is_main:
         write_model(params, run, data, progress, tracker, models_dir)
         write_json_atomic(metrics_path, _flat_metrics(final))
-        tracker.log_artifact(models_dir / "model.pt", "model")
         tracker.close()
     D.barrier()
     D.cleanup()
@@ -386,7 +388,7 @@ def start_tracking(params: Params, stats: dict, dist: D.DistInfo, live_dir: str 
     requirements are logged once per run."""
     tracker = Tracker(active=dist.is_main, mlflow_enabled=params.tracking.mlflow, tracking_uri=params.tracking.mlflow_tracking_uri,
                       experiment=params.tracking.mlflow_experiment, run_id=progress.run_id, live_dir=live_dir,
-                      resume=progress.epoch > 0)
+                      resume=progress.epoch > 0, system_metrics=True)
     if dist.is_main:
         sysinfo = system_info(stats.get("dataset_version", "unknown"))
         tracker.log_params({**flatten(training_params(params)), **sysinfo, "world_size": dist.world_size,
