@@ -1,13 +1,16 @@
 """Reliability battery (issue 16): a non-UTF-8 metadata.csv and a full disk in prepare each stop with
-one line naming the file, the problem and the fix, and prepare leaves no half-written outputs."""
+one line naming the file, the problem and the fix, and prepare leaves no half-written outputs or
+tile-cache entries."""
 
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import rts.io
@@ -111,3 +114,57 @@ def test_a_full_disk_in_a_rerun_of_prepare_keeps_the_previous_outputs(small_data
         _prepare(small_dataset, out)
     assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "prepared"]
+
+
+def _full_disk_at_cache_write(monkeypatch, tile_id: str, kind: str) -> list[Path]:
+    """ENOSPC at the write of tile ``tile_id``'s ``kind`` cache file (``rgbl`` or ``extra``), after a
+    few bytes reached the disk, as a full disk gives it (no file named). Returns the paths hit."""
+    real, hit = np.save, []
+
+    def save(file, arr, *args, **kwargs):
+        name = Path(file).name  # the temporary file beside the entry: .<tile_id>.<key>.<kind>.npy.<random>.npy
+        if name.startswith(f".{tile_id}.") and f".{kind}.npy" in name:
+            hit.append(Path(file))
+            Path(file).write_bytes(b"\x93NUMPY\x01\x00")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(file, arr, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save)
+    return hit
+
+
+@pytest.mark.parametrize("kind", ["rgbl", "extra"])
+def test_a_full_disk_while_prepare_fills_the_tile_cache_names_the_cache_file(small_dataset, tmp_path, monkeypatch, capsys, kind):
+    """data.cache: true. A full disk at a cache write gave "OSError: 16384 requested and 9184
+    written" with no file named. Now: one OutputError line naming the cache file, the free space
+    and the fix (exit 5), no half-written entry (the other file of the entry is removed too), and
+    prepare writes nothing."""
+    from rts.errors import exit_on_error
+
+    tile_id = sorted(p.stem for p in (small_dataset / "labels").glob("*.tif"))[3]
+    hit = _full_disk_at_cache_write(monkeypatch, tile_id, kind)
+    cache, out = tmp_path / "cache", tmp_path / "prepared"
+    data = DataConfig(root=str(small_dataset), tile_size=32, cache=True)
+
+    def stage() -> int:
+        prepare(data, PrepareConfig(), seed=0, out_dir=out, metrics_path=tmp_path / "metrics" / "prepare.json", cache_dir=cache)
+        return 0
+
+    assert exit_on_error(stage) == 5
+    assert hit, "the injected write was never reached"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert f"{cache}{os.sep}{tile_id}." in err and f".{kind}.npy: cannot be written (No space left on device)" in err, err
+    assert "MiB free" in err and "data.cache: false" in err, err
+    assert not out.exists() and not (tmp_path / "metrics").exists()
+    left = sorted(p.name for p in cache.iterdir())
+    assert not [n for n in left if n.startswith(".")], left  # no temporary file
+    assert not [n for n in left if n.startswith(f"{tile_id}.")], left  # no half of the failed entry
+    stems = {n.rsplit(".", 2)[0] for n in left}
+    assert sorted(left) == sorted(f"{s}.{k}.npy" for s in stems for k in ("rgbl", "extra")), left  # whole entries only
+    for name in left:
+        np.load(cache / name)
+
+    monkeypatch.undo()  # space freed: the run completes and fills the missing entry
+    assert exit_on_error(stage) == 0
+    assert any(n.startswith(f"{tile_id}.") for n in os.listdir(cache))

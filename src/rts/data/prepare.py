@@ -5,7 +5,6 @@ Nothing is written unless every data check passes; every output is written atomi
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -18,8 +17,8 @@ from rts.config import DataConfig, PrepareConfig
 from rts.data.checks import check_dataset, format_report
 from rts.data.normalization import compute_stats, save_stats, stats_hash
 from rts.data.splits import SPLIT_NAMES, Manifest, resolve_splits
-from rts.data.store import TileStore, io_workers, prefetch
-from rts.errors import DataError, OutputError
+from rts.data.store import TileStore, io_workers, prefetch, unwritable
+from rts.errors import DataError
 from rts.io import IGNORE, tile_paths, write_json_atomic
 from rts.logs import Progress, bar
 
@@ -140,13 +139,7 @@ def _named(path: Path, write: Callable[[], object], kept: str = "") -> None:
     try:
         write()
     except OSError as e:
-        where = Path(path).resolve().parent
-        while not where.exists():
-            where = where.parent
-        free = shutil.disk_usage(where).free / 2**20
-        fix = (f"free space on the filesystem of {where} ({free:.0f} MiB free) and run prepare again"
-               if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"make {where} writable and run prepare again")
-        raise OutputError(f"{path}: cannot be written ({e.strerror or e}); {fix}{kept}") from e
+        raise unwritable(path, e, "run prepare again", kept=kept) from e
 
 
 def _write_as_a_unit(out_dir: Path, writes: list[tuple[str, Callable[[Path], object]]]) -> None:

@@ -4,13 +4,16 @@ Decoding an RGB + label LZW GeoTIFF pair costs ~10 ms at 512 px, which alone cap
 near 100 tiles/s before any augmentation. The cache stores each tile decoded as ``.npy`` (exact
 values: uint8 RGB + label, float32 EXTRA) and memory-maps it on later reads. A cache entry's name
 carries a fingerprint of its source files (size and mtime), so a changed tile is re-decoded, never
-served stale.
+served stale. An entry is written as temporary files renamed into place; a write that fails (a full
+disk) removes the whole entry and raises one :class:`~rts.errors.OutputError` line naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +23,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from rts.errors import OutputError
 from rts.io import atomic_path, read_raster, tile_paths
 
 DEFAULT_CACHE_DIR = Path(".cache") / "tiles"
@@ -109,8 +113,35 @@ class TileStore:
         self.write_cache(tile_id, Tile(bands["rgb"], bands["extra"].astype(np.float32, copy=False), bands["label"][0]))
 
     def write_cache(self, tile_id: str, tile: Tile) -> None:
+        """Write the tile's cache entry (two ``.npy`` files), each to a temporary file renamed into place.
+
+        Raises:
+            OutputError: a file cannot be written (a full disk); the entry's files are removed, so
+                no half of an entry stays, and the message names the file, the free space and the fix.
+        """
         rgbl_path, extra_path = self._cache_paths(tile_id)
-        with atomic_path(rgbl_path, suffix=".npy") as tmp:
-            np.save(tmp, np.concatenate([tile.rgb, tile.label[None]], axis=0))
-        with atomic_path(extra_path, suffix=".npy") as tmp:
-            np.save(tmp, np.ascontiguousarray(tile.extra, dtype=np.float32))
+        path = rgbl_path
+        try:
+            with atomic_path(rgbl_path, suffix=".npy") as tmp:
+                np.save(tmp, np.concatenate([tile.rgb, tile.label[None]], axis=0))
+            path = extra_path
+            with atomic_path(extra_path, suffix=".npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(tile.extra, dtype=np.float32))
+        except OSError as e:
+            rgbl_path.unlink(missing_ok=True)
+            raise unwritable(path, e, "run again", alternative="set data.cache: false to read the tiles without a cache") from e
+
+
+def unwritable(path: str | os.PathLike, error: OSError, rerun: str, *, alternative: str = "", kept: str = "") -> OutputError:
+    """The one-line :class:`OutputError` for a file that cannot be written: the file, the OS's reason,
+    the free space where it goes (for a full disk) and the fix, e.g. ``path: cannot be written (No
+    space left on device); free space on the filesystem of /data (3 MiB free) and run again``."""
+    where = Path(path).resolve().parent
+    while not where.exists():
+        where = where.parent
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on the filesystem of {where} ({shutil.disk_usage(where).free / 2**20:.0f} MiB free)"
+    else:
+        fix = f"make {where} writable"
+    fix += f" and {rerun}" if not alternative else f", or {alternative}, and {rerun}"
+    return OutputError(f"{path}: cannot be written ({error.strerror or error}); {fix}{kept}")
