@@ -125,3 +125,23 @@ def test_two_identical_predicts_started_together_give_the_outputs_of_one_run(inp
     assert _outputs(out) == reference
     (region,) = json.loads((out / "run_log.json").read_text())["regions"]  # whole: written by one run, renamed into place
     assert region["complete"] and region["tiles_run"] in (0, PASSES)  # the first run did every pass, or this run skipped them
+
+
+def test_a_predict_at_another_threshold_into_a_finished_folder_is_refused_and_changes_nothing(tmp_path):
+    """Issue 16, defect 4 (the sequential half): a second run with a different threshold into a
+    folder whose region is finished is refused like any other setting, and the first run's outputs
+    stay as they were (no mask at 0.7 beside polygons at 0.5)."""
+    from packages import RedMask, make_predictor
+
+    from rts.errors import OutputError
+    from rts.inference.predict import predict_scene
+
+    rgb = np.full((3, 160, 144), 10, np.uint8)
+    rgb[0, 20:30, 30:50] = 255
+    scene, predictor = write_scene(tmp_path / "scene.tif", rgb), make_predictor(RedMask())
+    out = tmp_path / "out"
+    assert predict_scene(predictor, scene, out, threshold=0.5, num_workers=0, blocksize=64)["complete"]
+    before = _outputs(out)
+    with pytest.raises(OutputError, match=r"\.work/scene: finished with other settings or threshold"):
+        predict_scene(predictor, scene, out, threshold=0.7, num_workers=0, blocksize=64)
+    assert _outputs(out) == before
