@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiles": ("rts.cli.tiles", "build a training dataset from scenes and RTS polygons"),
     "profile": ("rts.cli.profile", "measure peak memory and step time; find the largest batch"),
     "estimate": ("rts.cli.estimate", "project GPU hours and cost for training and pan-Arctic inference"),
+    "review": ("rts.cli.review", "review predicted RTS by eye (export chips and a page; import the verdicts)"),
 }
 
 
