@@ -255,6 +255,7 @@ class EvaluateConfig:
     merge_distance_px: int = 0
     recall_targets: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.8, 0.9])
     batch_size: int = 8
+    gallery_cases: int = 8
 
     def __post_init__(self) -> None:
         _check(bool(self.scales) and all(s in (1.0, 0.5, 0.25) for s in self.scales), "evaluate.scales", f"must be a non-empty subset of [1.0, 0.5, 0.25], got {self.scales}")
@@ -270,6 +271,7 @@ class EvaluateConfig:
         for r in self.recall_targets:
             _check(0 < r <= 1, "evaluate.recall_targets", f"must be in (0, 1], got {r}")
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        _check(1 <= self.gallery_cases <= 64, "evaluate.gallery_cases", f"must be in 1..64 (cases per error-gallery mosaic), got {self.gallery_cases}")
 
 
 @dataclass

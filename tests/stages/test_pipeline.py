@@ -235,6 +235,8 @@ def test_queued_loss_grid_gives_two_comparable_experiments(repo):
 # dvc.yaml's `plots`: four PR charts (val_realistic, test_realistic x pixel, object) with one curve
 # per ratio, the reliability diagram, the loss curves and the key val metrics against the step
 PLOT_CHARTS = 7
+# and dvc.yaml's image plots: the error gallery of evaluate (false positives, missed, fragmented)
+PLOT_IMAGES = 3
 
 
 def _queued_experiments(repo: Path) -> dict[str, str]:
@@ -276,7 +278,8 @@ def test_plots_show_and_diff_render_offline_with_data_in_every_chart(exp_run, tm
     page = browser.render(tmp_path / "show/index.html")
     summary = "\n".join(f"{c.title}: {c.curves}" for c in page.charts)
     assert not page.errors and not page.blocked, (page.errors, page.blocked)
-    assert len(page.charts) == page.vega_divs == PLOT_CHARTS and not page.images, summary
+    assert len(page.charts) == page.vega_divs == PLOT_CHARTS, summary
+    assert len(page.images) == PLOT_IMAGES and all(i["loaded"] for i in page.images), page.images
     for chart in page.charts:
         assert chart.error is None and chart.rows > 0 and chart.curves and chart.line_points > 0, chart
 
@@ -289,7 +292,8 @@ def test_plots_show_and_diff_render_offline_with_data_in_every_chart(exp_run, tm
     page = browser.render(tmp_path / "diff/index.html")
     summary = "\n".join(f"{c.title}: {c.revs}" for c in page.charts)
     assert not page.errors and not page.blocked, (page.errors, page.blocked)
-    assert len(page.charts) == page.vega_divs == PLOT_CHARTS and not page.images, summary
+    assert len(page.charts) == page.vega_divs == PLOT_CHARTS, summary
+    assert len(page.images) == 2 * PLOT_IMAGES and all(i["loaded"] for i in page.images), page.images  # one per experiment
     for chart in page.charts:
         assert chart.error is None and chart.line_points > 0, chart
         assert all(chart.revs.get(e, 0) > 0 for e in exps), f"{chart.title}: rows per experiment {chart.revs}, expected {exps}"

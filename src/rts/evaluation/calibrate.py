@@ -206,7 +206,8 @@ def report_at_thresholds(ev, cfg, thresholds: dict, labelled_tiles, logits_dir, 
         entry = {"threshold": t, "threshold_reached_target_on_val": chosen["reached"]}
         acc = calibrated_accumulator(ev, logits_dir, labelled_tiles(), temperature,
                                      operating_threshold=ev.threshold if t is None else t, **filtered)
-        res = acc.result(ratios=[r], recall_targets=(), primary_iou=cfg.iou)[result_key(r)]
+        full = acc.result(ratios=[r], recall_targets=(), primary_iou=cfg.iou)
+        res = full[result_key(r)]
         if t is None:
             entry.update(pr_auc=res.get("pr_auc"), note=f"not reached: no threshold gives precision {cfg.target_precision} on val-realistic")
         else:
@@ -214,6 +215,14 @@ def report_at_thresholds(ev, cfg, thresholds: dict, labelled_tiles, logits_dir, 
             for tau in ev.iou_thresholds:
                 for m in OBJECT_METRICS:
                     entry[object_key(tau, m)] = res.get(object_key(tau, m))
+            # per region at this threshold (the model card's per-region table, issue 20)
+            # (n_objects: ground-truth RTS, n_detections: predicted objects, unweighted, at IoU calibrate.iou)
+            k = list(acc.iou_thresholds).index(cfg.iou)
+            counts = {name: acc.regions[name]["obj_op"][:, k].sum(axis=0) for name in acc.regions}
+            entry["regions"] = {name: {"n_pos_tiles": reg["n_pos_tiles"], "n_neg_tiles": reg["n_neg_tiles"],
+                                       "n_objects": int(counts[name][0] + counts[name][2]),
+                                       "n_detections": int(counts[name][0] + counts[name][1]),
+                                       **(reg.get(result_key(r)) or {})} for name, reg in full.get("regions", {}).items()}
         out[ratio_key(r)] = entry
     return out
 

@@ -23,11 +23,13 @@ from rts.data.splits import Manifest, TileRecord
 from rts.data.store import TileStore
 from rts.data.windows import NeighbourWindows
 from rts.errors import DataError
+from rts.evaluation.gallery import Gallery, gallery_ratio
 from rts.inference.predictor import Predictor
 from rts.io import atomic_path, write_json_atomic
 from rts.logs import progress
 from rts.metrics import EvalAccumulator
 from rts.metrics.keys import OBJECT_METRICS, ap_key, object_key, ratio_key, result_key
+from rts.prevalence import negative_weight
 from rts.susceptibility import FilterStats, SusceptibilityFilter, comparison
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,9 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
              susceptibility: SusceptibilityFilter | None = None) -> dict:
     """Run inference once per tile and write metrics, plots and logits. Returns the val metrics.
 
+    The error gallery of val-realistic at the operating threshold (:mod:`rts.evaluation.gallery`)
+    goes to ``plots_dir/gallery/val_realistic_*.png``, its listing to ``eval/gallery_val_realistic.json``.
+
     With an enabled ``susceptibility`` filter, val-realistic is also scored with the filter, and the
     comparison goes under the ``susceptibility`` key of the metrics.
     """
@@ -152,6 +157,12 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
     # val-realistic is scored with and without the filter, to report what it costs and gains
     filtered = make_accumulator(ev) if susceptibility.enabled else None
     removed = _empty_stats()
+    val_tiles = manifests["val_realistic"].tiles
+    ratio = gallery_ratio(ev.ratios)
+    n_pos = sum(t.positive for t in val_tiles)
+    gallery = Gallery(threshold=ev.threshold, iou=ev.primary_iou, min_object_px=ev.min_object_px,
+                      merge_distance_px=ev.merge_distance_px, n_cases=ev.gallery_cases, ratio=ratio,
+                      negative_weight=negative_weight(ratio, n_pos, len(val_tiles) - n_pos))
     for split in ("val_realistic", "test_realistic"):
         tiles = manifests[split].tiles
         log.info("inference on %s: %d tiles, scales %s, TTA %s", split, len(tiles), list(predictor.scales), predictor.tta)
@@ -160,6 +171,8 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
             save_logits(logits_dir, rec.tile_id, logits)
             prob = sigmoid(logits)
             accs[split].update(prob, label, positive_tile=rec.positive, region=rec.region)
+            if split == "val_realistic":
+                gallery.add(rec.tile_id, rec.region, rec.positive, prob, label, lambda tid=rec.tile_id: store.load(tid).rgb)
             if filtered is not None and split == "val_realistic":
                 fprob, st = susceptibility.filter_tile(store.root, rec.tile_id, prob, threshold=ev.threshold, min_object_px=ev.min_object_px)
                 filtered.update(fprob, label, positive_tile=rec.positive, region=rec.region)
@@ -194,4 +207,6 @@ def evaluate(predictor: Predictor, store: TileStore, manifests: dict[str, Manife
                                           "note": "uncalibrated operating threshold; the final report is metrics/test.json"})
     for split, curves in all_curves.items():
         render_curves(curves, plots_dir / f"pr_curves_{split}.png", split)
+    gallery.write(plots_dir / "gallery", "val_realistic", "val-realistic")
+    write_json_atomic(logits_dir.parent / "gallery_val_realistic.json", gallery.listing())
     return results

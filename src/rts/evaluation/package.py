@@ -50,6 +50,43 @@ def _susceptibility(calibration: dict) -> str:
     return f"`{s['path']}`, objects where likelihood < {s.get('min_likelihood')} dropped (use the same layer at inference)"
 
 
+MIN_REGION_OBJECTS = 5  # fewer RTS (recall) or detections (precision) in a region: "too few objects", no figure
+# evaluate's error gallery (rts.evaluation.gallery), from the package folder models/rts-model/
+GALLERY = (("false positives by prevalence-weighted cost", "val_realistic_false_positives.png"),
+           ("missed RTS by size class", "val_realistic_missed.png"),
+           ("fragmented detections", "val_realistic_fragmented.png"))
+
+
+def region_lines(test_report: dict, iou: float) -> list[str]:
+    """The model card's per-region table: object precision and recall per region at each ratio's
+    calibrated threshold on test-realistic, "too few objects" where a region has fewer than
+    :data:`MIN_REGION_OBJECTS` RTS (recall) or detections (precision)."""
+    rows = []
+    for ratio, e in test_report.items():
+        if e.get("threshold") is None or not e.get("regions"):
+            continue
+        for region, r in e["regions"].items():
+            n_obj, n_det = r.get("n_objects", 0), r.get("n_detections", 0)
+            p = _fmt(r.get("obj_precision")) if n_det >= MIN_REGION_OBJECTS else f"too few objects ({n_det} detections)"
+            rec = _fmt(r.get("obj_recall")) if n_obj >= MIN_REGION_OBJECTS else f"too few objects ({n_obj} RTS)"
+            rows.append(f"| {region} | {ratio} | {_fmt(e['threshold'])} | {n_obj} | {n_det} | {p} | {rec} |")
+    if not rows:
+        return ["", "## Per region (test-realistic, calibrated thresholds)", "", "No calibrated threshold: no per-region figures.", ""]
+    return ["", "## Per region (test-realistic, calibrated thresholds)", "",
+            f"Object precision and recall at IoU {iou:g}; negative tiles weighted to the ratio as in the totals. "
+            f"A region with fewer than {MIN_REGION_OBJECTS} RTS or detections has no figure.", "",
+            "| region | ratio | threshold | RTS | detections | object precision | object recall |", "|---|---|---|---|---|---|---|",
+            *rows, ""]
+
+
+def gallery_lines(mlflow: str | None) -> list[str]:
+    lines = ["## Error gallery (val-realistic, operating threshold `evaluate.threshold`)", "",
+             "Written by the evaluate stage; DVC image plots (`dvc plots diff` shows two experiments side by side)"
+             + (", and MLflow artifacts under `final/` of the run." if mlflow else "."), ""]
+    lines += [f"- [{name}](../../plots/gallery/{png})" for name, png in GALLERY]
+    return lines + ["- the listed cases: `eval/gallery_val_realistic.json`", ""]
+
+
 def model_card(package: dict, calibration: dict, test_report: dict, ious: list[float], *, data: str = "not recorded",
                mlflow: str | None = None) -> str:
     """The package's ``model_card.md``. ``data`` describes the training data (:func:`training_data`);
@@ -118,7 +155,9 @@ def model_card(package: dict, calibration: dict, test_report: dict, ious: list[f
         cells.append(_fmt(e.get(ap_key(0.5))))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Test-realistic numbers are reported once here and never used for tuning. PR-AUC is the pixel-level",
-              "area under the precision-recall curve; it needs no threshold.", ""]
+              "area under the precision-recall curve; it needs no threshold."]
+    lines += region_lines(test_report, calibration.get("object_iou", 0.3))
+    lines += gallery_lines(mlflow)
     return "\n".join(lines)
 
 

@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 # Beside the package's small files (the weights go only into the logged model).
 FINAL_FILES = ("metrics/headline.json", "metrics/calibration.json", "metrics/test.json", "metrics/val_at_thresholds.json",
                "metrics/evaluate.json", "metrics/evaluate_test.json", "plots/pr_curves_val_realistic.png",
-               "plots/pr_curves_test_realistic.png", "plots/reliability.png", "params.yaml", "dvc.lock")
+               "plots/pr_curves_test_realistic.png", "plots/reliability.png", "params.yaml", "dvc.lock",
+               # evaluate's error gallery (rts.evaluation.gallery), linked from the model card
+               "plots/gallery/val_realistic_false_positives.png", "plots/gallery/val_realistic_missed.png",
+               "plots/gallery/val_realistic_fragmented.png", "eval/gallery_val_realistic.json")
 
 
 def calibration_figures(calibration: dict, headline: dict) -> dict[str, object]:
