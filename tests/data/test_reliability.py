@@ -168,3 +168,28 @@ def test_a_full_disk_while_prepare_fills_the_tile_cache_names_the_cache_file(sma
     monkeypatch.undo()  # space freed: the run completes and fills the missing entry
     assert exit_on_error(stage) == 0
     assert any(n.startswith(f"{tile_id}.") for n in os.listdir(cache))
+
+
+def test_a_tile_of_another_size_among_the_others_is_refused_by_prepare_naming_it(small_dataset, tmp_path):
+    """Issue 16: a 96 px tile among 64 px ones passed every check, then crashed training mid-epoch in
+    collate with no file named. Here a 48 px tile (its three files consistent, so the per-tile
+    checks pass) among 32 px ones: prepare refuses it against data.tile_size, naming it, and
+    writes nothing."""
+    import rasterio
+
+    from rts.errors import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(small_dataset, root)
+    tile_id = sorted(p.stem for p in (root / "labels").glob("*.tif"))[2]
+    for folder in ("PLANET-RGB", "EXTRA", "labels"):
+        path = root / folder / f"{tile_id}.tif"
+        with rasterio.open(path) as src:
+            pixels, profile = src.read(), src.profile
+        profile.update(width=48, height=48)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.pad(pixels, ((0, 0), (0, 16), (0, 16)), mode="edge" if folder != "labels" else "constant"))
+    out = tmp_path / "prepared"
+    with pytest.raises(DataError, match=rf"labels/{tile_id}.tif: 48x48 px, but data.tile_size is 32"):
+        _prepare(root, out)
+    assert not out.exists()
