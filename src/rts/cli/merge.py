@@ -1,4 +1,4 @@
-"""`rts merge`: mosaic the outputs of several predict chunks."""
+"""`rts merge`: mosaic the outputs of several predict chunks, or of the shards of a job (`rts merge -o M OUT`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", help="output folder of the merged outputs")
     # `rts merge OUT CHUNK...` (the output folder first, without -o) is the older form and still works
-    parser.add_argument("chunks", nargs="+", metavar="CHUNK", help="output folders of `rts predict` chunks")
-    parser.add_argument("--name", default="merged", help="stem of the merged files")
+    parser.add_argument("chunks", nargs="+", metavar="CHUNK", help="output folders of `rts predict` chunks, or the --out of a sharded job (its shards are found)")
+    parser.add_argument("--name", help="stem of the merged files (default: a job of one tile list keeps its stem, else merged)")
     parser.add_argument("--blocksize", type=int, default=512, help="COG block size")
 
 

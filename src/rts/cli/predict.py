@@ -1,4 +1,7 @@
-"""`rts predict`: predict RTS over scenes or a tile list with a model package."""
+"""`rts predict`: predict RTS over scenes or a tile list with a model package.
+
+``rts predict status OUT`` reports the shards of a sharded job (``--shard``) instead.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +15,28 @@ import torch
 from rts.config import EvaluateConfig
 from rts.errors import ConfigError
 from rts.data.windows import VALID_SCALES
+from rts.inference.job import shard_run_log
 from rts.inference.predict import RUN_LOG, run_predict
 from rts.inference.scene import parse_bands
+from rts.inference.shard import parse_shard
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands R, G, B; see --bands)")
+    parser.add_argument("scenes", nargs="*", help="RGB scenes (GeoTIFF/VRT, uint8, 3 bands R, G, B; see --bands); "
+                        "or `status OUT`: the state of a sharded job's shards, exit 1 while work remains")
     parser.add_argument("--model", default="models/rts-model", help="model package folder")
-    parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("-o", "--out", help="output folder (required), shared by every shard of a job")
+    parser.add_argument("--shard", metavar="I/N|auto",
+                        help="run shard I of N of the inputs (spatially contiguous, balanced by passes); auto: the engine's "
+                             "task index (SLURM array, GCP Batch, Kubernetes Indexed Job, torchrun; docs/inference.md)")
+    parser.add_argument("--shard-count", type=int, metavar="N",
+                        help="shard count for --shard auto where the engine gives none (Kubernetes: .spec.completions) "
+                             "or gives another (a resubmission of some tasks)")
+    parser.add_argument("--stale-after", type=float, default=300.0,
+                        help="status: seconds without a heartbeat after which a running shard on another host counts as lost")
+    parser.add_argument("--json", action="store_true", help="status: print the status as JSON")
     parser.add_argument("--bands", "--rgb-bands", metavar="R,G,B",
                         help="1-based bands of red, green, blue in the scenes or mosaic, e.g. 3,2,1 for a PlanetScope "
                              "4-band BGRN scene (the bands must be uint8; default: 1,2,3 of a 3-band RGB file)")
@@ -51,7 +66,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-likelihood", type=float, default=0.5, help="susceptibility threshold")
 
 
+def status(args: argparse.Namespace) -> int:
+    import json
+
+    from rts.inference.job import format_status, job_status
+
+    if len(args.scenes) != 2:
+        raise ConfigError("rts predict status OUT: give exactly one output folder (the --out of the job)")
+    report = job_status(args.scenes[1], stale_after_s=args.stale_after)
+    print(json.dumps(report, indent=1) if args.json else format_status(report), flush=True)
+    return 0 if report["complete"] else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.scenes and args.scenes[0] == "status" and not Path("status").exists():
+        return status(args)
+    if args.out is None:
+        raise ConfigError("rts predict: no output folder; pass -o/--out OUT")
+    shard = parse_shard(args.shard, count=args.shard_count)
     if args.min_object_px < 1:
         raise ConfigError(f"--min-object-px {args.min_object_px}: must be >= 1 (objects smaller than this many pixels are "
                           f"ignored; evaluate.min_object_px is {EvaluateConfig.min_object_px})")
@@ -62,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
         keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
         susceptibility=args.susceptibility, min_likelihood=args.min_likelihood, finalize_workers=args.finalize_workers,
-        rgb_bands=rgb_bands,
+        rgb_bands=rgb_bands, shard=shard,
     )
     log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
              run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),
-             Path(args.out) / RUN_LOG)
+             shard_run_log(Path(args.out), shard.index) if shard else Path(args.out) / RUN_LOG)
     return 1 if run_log["errors"] else 0

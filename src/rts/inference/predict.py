@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,8 @@ import torch
 
 from rts.data.windows import crop_centre
 from rts.errors import ConfigError, OutputError
+from rts.inference.job import Preempted, ShardStatus, open_job, shard_run_log
+from rts.inference.shard import ShardSpec, Unit, tile_row_units
 from rts.inference.outputs import (
     MASK_NODATA,
     PROB_NODATA,
@@ -78,6 +81,7 @@ WORK_DIR = ".work"
 DONE_FILE = "done.json"  # in a region's work folder: its settings, threshold and run-log entry once outputs are written
 RUN_LOG = "run_log.json"
 KILL_ENV = "RTS_PREDICT_KILL_AFTER_TILES"  # test hook: SIGKILL itself after this many passes (before their manifest line)
+DELAY_ENV = "RTS_PREDICT_BATCH_DELAY_S"  # test hook: sleep this long after recording each batch (a slow device)
 
 
 def output_paths(out_dir: str | os.PathLike, name: str) -> dict[str, Path]:
@@ -200,8 +204,9 @@ class RegionState:
 
     @staticmethod
     def _memmap(path: Path, dtype, shape) -> np.memmap:
-        # a new file is sparse zeros: 0 in the scale map means "no pass has written this pixel"
-        return np.memmap(path, dtype=dtype, mode="r+" if path.exists() else "w+", shape=shape)
+        # a new file is zeros: 0 in the scale map means "no pass has written this pixel"
+        allocate(path, int(np.dtype(dtype).itemsize * shape[0] * shape[1]))
+        return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
     def _read_manifest(self) -> dict[str, dict]:
         done: dict[str, dict] = {}
@@ -244,6 +249,38 @@ class RegionState:
                 (self.work / name).unlink(missing_ok=True)
 
 
+def allocate(path: Path, size: int) -> None:
+    """Give the accumulator file ``path`` all its ``size`` bytes on disk now (zeros where new).
+
+    A sparse memmap that cannot grow when a pass writes into it kills the process with SIGBUS (exit
+    135, no message); reserving the blocks first turns a full disk into one line naming the file.
+    Where the filesystem cannot preallocate (some FUSE mounts), its free space is checked instead.
+
+    Raises:
+        OutputError: not enough space: names the file, the size and the free space.
+    """
+    import errno
+    import shutil
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        have = os.fstat(fd).st_size
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as e:
+            if e.errno != errno.ENOSPC and e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            if e.errno == errno.ENOSPC or free < size - min(have, size):
+                os.ftruncate(fd, have)  # leave a resumed run's file as it was
+                raise OutputError(f"{path}: no space for the {size / 2**20:.1f} MiB accumulator ({free / 2**20:.1f} MiB free "
+                                  f"on {path.parent}); free space or predict into --out on a larger disk (the run resumes)") from None
+            os.ftruncate(fd, max(have, size))  # cannot preallocate here, but the space is there
+    finally:
+        os.close(fd)
+
+
 def merge_pass(prob_acc: np.ndarray, scale_acc: np.ndarray, region: Region, row: int, col: int,
                prob: np.ndarray, scale_idx: np.ndarray, valid: np.ndarray) -> None:
     """Pixel-wise maximum of one pass (source origin ``row, col``) into the region accumulators.
@@ -266,6 +303,13 @@ def merge_pass(prob_acc: np.ndarray, scale_acc: np.ndarray, region: Region, row:
 
 
 # ------------------------------------------------------------------------------ passes
+
+
+def _reader_init(_worker_id: int) -> None:
+    """Pass readers ignore SIGTERM: an engine's stop signal goes to every process of the task, and
+    the main process stops at the next batch boundary (:class:`rts.inference.job.Preempted`) only
+    if its readers are still there to finish the current batch."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def reader_context():
@@ -316,7 +360,7 @@ def predict_batch(predictor: Predictor, windows_raw: torch.Tensor) -> tuple[np.n
 
 
 def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, batch_size: int, num_workers: int,
-                errors: list[dict], susceptibility: SusceptibilityFilter) -> dict[str, int]:
+                errors: list[dict], susceptibility: SusceptibilityFilter, stop: threading.Event | None = None) -> dict[str, int]:
     todo = [t for t in region.tiles if t.tile_id not in state.done]
     counts = {"run": 0, "error": 0}
     skip = susceptibility.masked_passes(region, todo, predictor.tile_size)  # their output would be all zeros
@@ -330,9 +374,10 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
         pin_memory=predictor.device.type == "cuda", prefetch_factor=2 if num_workers else None,
-        multiprocessing_context=reader_context() if num_workers else None,
+        multiprocessing_context=reader_context() if num_workers else None, worker_init_fn=_reader_init if num_workers else None,
     )
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
 
     def finish(batch: dict, result: Callable[[], tuple[np.ndarray, np.ndarray]] | None) -> None:
         entries: list[dict] = []
@@ -358,6 +403,8 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
             os.kill(os.getpid(), signal.SIGKILL)
         state.record(entries)
         log.debug("%s: %d/%d passes", region.name, len(state.done), len(region.tiles))
+        if delay:
+            time.sleep(delay)
 
     shown = bar(len(todo), desc=f"passes {region.name}", unit="pass")
     try:
@@ -367,8 +414,13 @@ def _run_passes(predictor: Predictor, region: Region, state: RegionState, *, bat
             if pending is not None:
                 finish(*pending)
             pending = launched
+            if stop is not None and stop.is_set():
+                break  # SIGTERM: the batch in flight is finished and recorded below, then the shard stops
         if pending is not None:
             finish(*pending)
+        if stop is not None and stop.is_set() and len(state.done) < len(region.tiles):
+            raise Preempted(f"{region.name}: stopped by SIGTERM after {len(state.done)}/{len(region.tiles)} passes (flushed); "
+                            "run the same command again to resume")
     finally:
         shown.close()
         dataset.close()
@@ -508,7 +560,7 @@ def _open_region(region: Region, work: Path, settings: dict, threshold: float) -
 def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
                    stride: int, batch_size: int = 8, num_workers: int = 2, blocksize: int = 512,
                    keep_work: bool = False, min_object_px: int = 0, iou: float = 0.3, errors: list[dict] | None = None,
-                   susceptibility=None, finisher: Executor | None = None) -> dict | Future:
+                   susceptibility=None, finisher: Executor | None = None, stop: threading.Event | None = None) -> dict | Future:
     """Predict every pass of ``region`` (resuming from its manifest), then write its outputs.
 
     ``susceptibility`` (a :class:`rts.susceptibility.SusceptibilityFilter`; a bare layer or None is
@@ -556,7 +608,7 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         n_err_before = len(errors)
         t0 = time.perf_counter()
         counts = _run_passes(predictor, region, state, batch_size=batch_size, num_workers=num_workers, errors=errors,
-                             susceptibility=susceptibility)
+                             susceptibility=susceptibility, stop=stop)
         statuses = [v["status"] for v in state.done.values()]
         entry.update(
             tiles_processed=statuses.count(TILE_OK), tiles_skipped_nodata=statuses.count(TILE_NODATA),
@@ -639,16 +691,18 @@ def predict_scene(predictor: Predictor, scene: str | os.PathLike, out_dir: str |
 
 def predict_tiles(predictor: Predictor, tile_list: str | os.PathLike, mosaic: str | os.PathLike, out_dir: str | os.PathLike, *,
                   threshold: float, extra: str | os.PathLike | None = None, stride: int | None = None,
-                  rgb_bands: tuple[int, int, int] = RGB_BANDS, **kwargs: Any) -> dict:
+                  rgb_bands: tuple[int, int, int] = RGB_BANDS, rows: list[int] | None = None, name: str | None = None,
+                  **kwargs: Any) -> dict:
     """Predict the tiles of a CSV list (``tile_id, minx, miny, maxx, maxy``, EPSG:3413) over a mosaic.
 
     Outputs cover the bounding box of the listed tiles (pixels outside every tile are nodata) and
-    are named after the CSV's stem. See ``region_for_tiles`` for the pass grid.
+    are named after the CSV's stem (or ``name``). See ``region_for_tiles`` for the pass grid;
+    ``rows``: only these tiles of the list (a shard's part).
     """
     stride = stride or predictor.tile_size // 2
     _check_extra(predictor, extra, mosaic)
     region = region_for_tiles(tile_list, mosaic, tile_size=predictor.tile_size, stride=stride, extra=extra,
-                              extra_bands=predictor.normalizer.extra_index, rgb_bands=rgb_bands)
+                              extra_bands=predictor.normalizer.extra_index, rgb_bands=rgb_bands, rows=rows, name=name)
     return predict_region(predictor, region, out_dir, threshold=threshold, stride=stride, **kwargs)
 
 
@@ -667,7 +721,7 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
                 labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
                 tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
                 susceptibility: str | None = None, min_likelihood: float = 0.5, finalize_workers: int = 1,
-                rgb_bands: tuple[int, int, int] = RGB_BANDS, **kwargs: Any) -> dict:
+                rgb_bands: tuple[int, int, int] = RGB_BANDS, shard: ShardSpec | None = None, **kwargs: Any) -> dict:
     """Everything ``rts predict`` does: load the package, predict each input, write the run log.
 
     A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
@@ -677,6 +731,13 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     run (0: write each region before starting the next). At most this many regions wait for their
     writes at a time (their accumulators stay on disk until then). Outputs are identical either way.
     ``rgb_bands``: the 1-based bands of every scene (or the mosaic) read as R, G, B (``--bands``).
+    ``shard``: run only this shard's share of the inputs (``--shard``; :mod:`rts.inference.shard`),
+    recorded in the job manifest ``OUT/.job/`` (:mod:`rts.inference.job`); the run log is then
+    ``OUT/.job/shard-NNNN.run_log.json``.
+
+    SIGTERM (an engine's preemption) finishes and records the batch in flight, lets started output
+    writes complete, writes the run log and raises :class:`rts.inference.job.Preempted` (exit 75):
+    the same command resumes.
 
     Every input, the threshold and the susceptibility layer are checked before the model loads, so
     a wrong argument fails in a second with one line (:class:`rts.errors.RtsError`).
@@ -709,48 +770,107 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     elif model_file.exists():  # a missing package is named by load_predictor, at once
         calibrated_threshold(model, ratio)
     layer = SusceptibilityFilter.open(susceptibility, min_likelihood)  # before the model: a bad layer path fails fast
+    if shard is not None and shard.local_rank is not None and device == "cuda":
+        device = f"cuda:{shard.local_rank}"  # torchrun: one GPU per rank of the node
     predictor = load_predictor(model, device=device, tta=tta, scales=tuple(scales) if scales else None, amp=amp, benchmark=True)
     thr, thr_source = resolve_threshold(predictor, threshold, ratio)
     errors: list[dict] = []
     regions = []
-    jobs = [("scene", s, extras[i] if extras else None, labels[i] if labels else None) for i, s in enumerate(scenes)]
+    stride = kwargs.get("stride") or predictor.tile_size // 2
+    jobs = [("scene", s, extras[i] if extras else None, labels[i] if labels else None, {}) for i, s in enumerate(scenes)]
     if tiles:
-        jobs.append(("tiles", tiles, extras[0] if extras else None, None))
+        jobs.append(("tiles", tiles, extras[0] if extras else None, None, {}))
+    status = None
+    if shard is not None:
+        description = {"model_sha256": file_sha256(model_file), "scales": list(predictor.scales), "tta": predictor.tta,
+                       "temperature": predictor.temperature, "threshold": thr, "tile_size": predictor.tile_size, "stride": stride,
+                       "scenes": [str(x) for x in scenes], "extras": [str(x) for x in extras], "labels": [str(x) for x in labels],
+                       "tiles": str(tiles) if tiles else None, "mosaic": str(mosaic) if mosaic else None, "rgb_bands": list(rgb_bands),
+                       "susceptibility": layer.describe() if layer.enabled else None}
+        job, mine = open_job(out_dir, shard, description, lambda: job_units(
+            scenes, tiles, mosaic, tile_size=predictor.tile_size, stride=stride, rgb_bands=rgb_bands))
+        shard = ShardSpec(shard.index, job["count"], shard.engine, shard.local_rank)
+        jobs = []
+        for r in mine:
+            if r["kind"] == "scene":
+                i = r["input"]
+                jobs.append(("scene", scenes[i], extras[i] if extras else None, labels[i] if labels else None, {}))
+            else:
+                jobs.append(("tiles", r["source"], extras[0] if extras else None, None, {"rows": r["tiles"], "name": r["region"]}))
+        log.info("shard %d/%d (%s) of job %s: %d region(s), %d passes", shard.index, shard.count, shard.engine, job["job_id"],
+                 len(mine), sum(r["passes"] for r in mine))
+        status = ShardStatus(out_dir, job, shard, mine)
+    names = {id(j): (j[4].get("name") or Path(j[1]).stem) for j in jobs}
+    stop = threading.Event()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
+            if not stop.is_set():
+                log.warning("SIGTERM: finishing the current batch, then stopping (resumable; exit %d)", Preempted.exit_code)
+            stop.set()
 
-    def failed(src: str, e: Exception) -> None:
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def failed(src: str, e: Exception, name: str) -> None:
         if isinstance(e, OutputError):  # the output folder itself is unusable: no other input would fare better
             raise e
         log.error("%s: %s: %s", src, type(e).__name__, e)
-        errors.append({"region": Path(src).stem, "file": str(src), "error": f"{type(e).__name__}: {e}"})
+        errors.append({"region": name, "file": str(src), "error": f"{type(e).__name__}: {e}"})
+        if status is not None:
+            status.region(name, "failed", f"{type(e).__name__}: {e}")
 
-    def collect(src: str, result: dict | Future) -> None:
+    def collect(src: str, result: dict | Future, name: str) -> None:
         try:
-            regions.append(result.result() if isinstance(result, Future) else result)
+            entry = result.result() if isinstance(result, Future) else result
         except Exception as e:  # noqa: BLE001 - a failed write is named in the log like a failed read
-            failed(src, e)
+            failed(src, e, name)
+            return
+        regions.append(entry)
+        if status is not None:
+            bad = [e["error"] for e in errors if e.get("region") == name]
+            status.region(name, "finished" if entry.get("complete", True) and not bad else "failed",
+                          f"{len(bad)} error(s), first: {bad[0]}" if bad else None)
 
     finisher = ThreadPoolExecutor(finalize_workers, thread_name_prefix="rts-finalize") if finalize_workers else None
-    pending: deque[tuple[str, dict | Future]] = deque()
+    pending: deque[tuple[str, dict | Future, str]] = deque()
+    preempted: Preempted | None = None
+    outcome = "failed"
     try:
-        for kind, src, extra, lab in jobs:
+        for job_entry in jobs:
+            kind, src, extra, lab, part = job_entry
+            name = names[id(job_entry)]
+            if stop.is_set():
+                preempted = Preempted(f"stopped by SIGTERM before {name}; run the same command again to resume")
+                break
+            if status is not None:
+                status.region(name, "running")
             try:
                 if kind == "scene":
                     result = predict_scene(predictor, src, out_dir, threshold=thr, extra=extra, labels=lab, errors=errors,
-                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, **kwargs)
+                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, stop=stop, **kwargs)
                 else:
                     result = predict_tiles(predictor, src, mosaic, out_dir, threshold=thr, extra=extra, errors=errors,
-                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, **kwargs)
+                                           susceptibility=layer, finisher=finisher, rgb_bands=rgb_bands, stop=stop, **part,
+                                           **kwargs)
+            except Preempted as e:
+                preempted = e
+                break
             except Exception as e:  # noqa: BLE001 - one bad input must not stop a long run; it is named in the log
-                failed(src, e)
+                failed(src, e, name)
                 continue
-            pending.append((src, result))
+            pending.append((src, result, name))
             while len(pending) > finalize_workers:  # bounded: the oldest region's writes finish first
                 collect(*pending.popleft())
         while pending:
             collect(*pending.popleft())
+        outcome = "preempted" if preempted is not None else ("failed" if errors else "finished")
     finally:
         if finisher is not None:
             finisher.shutdown(wait=True)  # an interrupted run still lets started writes complete (atomic renames)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        if status is not None:
+            status.close(outcome, errors=errors, exit_code=Preempted.exit_code if preempted else (1 if errors else 0))
     keys = ("tiles_processed", "tiles_skipped_nodata", "tiles_error", "tiles_with_detections", "rts_count", "total_rts_area_m2")
     run_log = {
         "model": {"path": str(model), "checkpoint_sha256": file_sha256(model_file), **predictor.meta},
@@ -764,6 +884,10 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         **{k: sum(r.get(k, 0) for r in regions) for k in keys},
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
     }
+    if shard is not None:
+        run_log["job"] = {"job_id": job["job_id"], "shard": shard.index, "count": shard.count, "engine": shard.engine}
+    if preempted is not None:
+        run_log["preempted"] = str(preempted)
     run_log["tiles_error"] = len([e for e in errors if "tile" in e])
     if layer.enabled:  # the filter's totals over the regions
         totals = {k: sum(r.get("susceptibility", {}).get(k, 0) for r in regions)
@@ -772,5 +896,31 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         layer.close()
     elif _calibrated_with_filter(model):
         log.warning("%s: thresholds were calibrated with a susceptibility filter; pass --susceptibility to apply it", model)
-    write_json_atomic(out_dir / RUN_LOG, run_log)
+    write_json_atomic(shard_run_log(out_dir, shard.index) if shard is not None else out_dir / RUN_LOG, run_log)
+    if preempted is not None:
+        raise preempted
     return run_log
+
+
+def job_units(scenes: list[str], tiles: str | None, mosaic: str | None, *, tile_size: int, stride: int,
+              rgb_bands: tuple[int, int, int] = RGB_BANDS) -> list[Unit]:
+    """The shardable units of an input list: each scene (weighted by its passes, ordered by its
+    north-west corner on the output grid) and each row of the tile list (:func:`tile_row_units`).
+
+    A scene that cannot be opened weighs nothing and goes last; its shard names it in its errors.
+    """
+    from rts.inference.scene import grid_positions, rgb_grid, tile_boxes
+
+    units = []
+    for i, src in enumerate(scenes):
+        try:
+            _, h, w, t = rgb_grid(src, rgb_bands)
+        except Exception:  # noqa: BLE001 - reported by the shard that runs it, like any unreadable scene
+            units.append(Unit("scene", str(src), (2, 0.0, 0.0, str(src)), 0, (i,)))
+            continue
+        n = len(grid_positions(h, tile_size, stride)) * len(grid_positions(w, tile_size, stride))
+        units.append(Unit("scene", str(src), (0, -round(t.f, 3), round(t.c, 3), str(src)), n, (i,)))
+    if tiles:
+        boxes = tile_boxes(tiles, mosaic, rgb_bands=rgb_bands)[0]
+        units += tile_row_units(tiles, boxes, tile_size=tile_size, stride=stride)
+    return units

@@ -369,17 +369,17 @@ def read_tile_list(path: str | Path) -> list[tuple[str, float, float, float, flo
     return rows
 
 
-def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: int, stride: int,
-                     extra: str | Path | None = None, extra_bands: list[int] | None = None,
-                     rgb_bands: tuple[int, int, int] = RGB_BANDS) -> Region:
-    """The region covering a tile list over a mosaic.
+def box_passes(r0: int, c0: int, r1: int, c1: int, *, tile_size: int, stride: int) -> set[tuple[int, int]]:
+    """Grid cells ``(a, b)`` of the passes ``[a*stride, a*stride + tile_size)`` x ``[b*stride, ...)``
+    that overlap the source-pixel box ``[r0, r1) x [c0, c1)``."""
+    kr = range(max(0, (r0 - tile_size) // stride + 1), (r1 - 1) // stride + 1)
+    kc = range(max(0, (c0 - tile_size) // stride + 1), (c1 - 1) // stride + 1)
+    return {(a, b) for a in kr for b in kc}
 
-    Passes lie on the mosaic's global grid (origins at multiples of ``stride`` from the mosaic's
-    top-left pixel), and every pass touching a listed box is run. Chunks of one tile list therefore
-    run identical passes along their shared border, and ``rts merge`` (max) reproduces a single run.
-    """
-    import rasterio
 
+def tile_boxes(tile_list: str | Path, mosaic: str | Path, *, rgb_bands: tuple[int, int, int] = RGB_BANDS):
+    """(boxes, warp, H, W, transform): the listed tiles as ``(tile_id, row0, col0, row1, col1)``
+    source-pixel boxes of the mosaic's output grid, in list order."""
     rows = read_tile_list(tile_list)
     warp, H, W, transform = rgb_grid(mosaic, rgb_bands)
     inv = ~transform
@@ -392,21 +392,38 @@ def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: in
         if r1 <= r0 or c1 <= c0:
             raise ValueError(f"{tile_list}: tile {tid} ({minx}, {miny}, {maxx}, {maxy}) lies outside the mosaic {mosaic}")
         boxes.append((tid, r0, c0, r1, c1))
+    return boxes, warp, H, W, transform
+
+
+def region_for_tiles(tile_list: str | Path, mosaic: str | Path, *, tile_size: int, stride: int,
+                     extra: str | Path | None = None, extra_bands: list[int] | None = None,
+                     rgb_bands: tuple[int, int, int] = RGB_BANDS, rows: list[int] | None = None,
+                     name: str | None = None) -> Region:
+    """The region covering a tile list over a mosaic.
+
+    Passes lie on the mosaic's global grid (origins at multiples of ``stride`` from the mosaic's
+    top-left pixel), and every pass touching a listed box is run. Chunks of one tile list therefore
+    run identical passes along their shared border, and ``rts merge`` (max) reproduces a single run.
+    ``rows``: only these tiles of the list (0-based, a shard's share); ``name``: the output stem
+    (default: the list's stem). Pass ids keep the list's stem either way.
+    """
+    import rasterio
+
+    boxes, warp, H, W, transform = tile_boxes(tile_list, mosaic, rgb_bands=rgb_bands)
+    if rows is not None:
+        boxes = [boxes[i] for i in rows]
     cells = set()
     for _, r0, c0, r1, c1 in boxes:
-        # passes k with [k*stride, k*stride + T) overlapping [r0, r1)
-        kr = range(max(0, (r0 - tile_size) // stride + 1), (r1 - 1) // stride + 1)
-        kc = range(max(0, (c0 - tile_size) // stride + 1), (c1 - 1) // stride + 1)
-        cells.update((a, b) for a in kr for b in kc)
-    name = Path(tile_list).stem
-    tiles = [Tile(f"{name}_r{a * stride}_c{b * stride}", a * stride, b * stride) for a, b in sorted(cells)]
+        cells |= box_passes(r0, c0, r1, c1, tile_size=tile_size, stride=stride)
+    stem = Path(tile_list).stem
+    tiles = [Tile(f"{stem}_r{a * stride}_c{b * stride}", a * stride, b * stride) for a, b in sorted(cells)]
     top, left = min(b[1] for b in boxes), min(b[2] for b in boxes)
     bottom, right = max(b[3] for b in boxes), max(b[4] for b in boxes)
     if extra is not None:
         with rasterio.open(extra) as ex, open_source(str(extra), warp_arguments(ex)) as e:
             if (e.height, e.width) != (H, W) or not e.transform.almost_equals(transform):
                 raise ValueError(f"{extra}: EXTRA grid differs from the mosaic {mosaic}; they must share one grid")
-    return Region(name=name, rgb=str(mosaic), extra=str(extra) if extra else None, row_off=top, col_off=left,
+    return Region(name=name or stem, rgb=str(mosaic), extra=str(extra) if extra else None, row_off=top, col_off=left,
                   height=bottom - top, width=right - left, transform=transform @ Affine.translation(left, top),
                   source_shape=(H, W), tiles=tiles, warp=warp, boxes=boxes, extra_bands=list(extra_bands or []),
                   rgb_bands=tuple(rgb_bands))
