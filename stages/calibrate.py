@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from rts.evaluation.calibrate import calibrate, headline, reliability_series, render_reliability
+from rts.evaluation.calibrate import calibrate, calibrated_gallery, headline, reliability_series, render_reliability
 from rts.config import load_params
 from rts.errors import exit_on_error
 from rts.logs import configure
@@ -39,6 +39,10 @@ def main() -> int:
         write_json_atomic(Path("plots/reliability") / f"{name}.json", rows)
     render_reliability(calibrated.reliability["before"], calibrated.reliability["after"], calibration["temperature"],
                        Path("plots/reliability.png"))
+    gallery, ratio, threshold = calibrated_gallery(ev, cfg, store, val, Path("eval/logits"), calibration, susceptibility=susceptibility)
+    gallery.write(Path("plots/gallery_calibrated"), "val_realistic", f"val-realistic, calibrated 1:{ratio} object threshold",
+                  note=None if threshold is not None else f"no calibrated threshold at 1:{ratio} (target precision not reached)")
+    write_json_atomic(Path("metrics/gallery_calibrated.json"), gallery.listing())
     log_to_mlflow(params, package_dir)
     thresholds = ", ".join(f"1:{r} {'not reached' if t['object']['threshold'] is None else format(t['object']['threshold'], '.4f')}"
                            for r, t in calibration["thresholds"].items())

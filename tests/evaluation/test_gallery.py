@@ -119,6 +119,27 @@ def test_evaluate_writes_the_gallery_that_matches_its_metrics(tmp_path):
     for kind in ("false_positives", "missed", "fragmented"):
         assert (tmp_path / "plots/gallery" / f"val_realistic_{kind}.png").is_file()
 
+    # calibrate's gallery: the same cases at the calibrated threshold, on sigmoid(z / T)
+    from rts.config import CalibrateConfig
+    from rts.evaluation.calibrate import calibrate, calibrated_gallery
+
+    cfg = CalibrateConfig(target_precision=0.01, ratios=[200], iou=0.3, temperature_ratio=200)
+    val, test = manifests["val_realistic"].tiles, manifests["test_realistic"].tiles
+    calibrated = calibrate(ev=ev, cfg=cfg, store=store, val_tiles=val, test_tiles=test, logits_dir=tmp_path / "eval/logits")
+    gallery, ratio, threshold = calibrated_gallery(ev, cfg, store, val, tmp_path / "eval/logits", calibrated.calibration)
+    assert ratio == 200 and threshold == calibrated.calibration["thresholds"]["200"]["object"]["threshold"] is not None
+    expected = {}
+    for rec in val:
+        acc = EvalAccumulator(n_bins=100, operating_threshold=threshold, iou_thresholds=(0.3,), min_object_px=8)
+        prob = sigmoid(load_logits(tmp_path / "eval/logits", rec.tile_id) / calibrated.calibration["temperature"])
+        acc.update(prob, store.load(rec.tile_id).label, positive_tile=rec.positive)
+        if acc.obj_op[:, 0, 1].sum():
+            expected[rec.tile_id] = int(acc.obj_op[:, 0, 1].sum())
+    assert gallery.listing()["false_positives_per_tile"] == expected
+    # per region at the calibrated threshold, as the model card tables it
+    regions = calibrated.test_report["1:200"]["regions"]
+    assert set(regions) == {t.region for t in test} and all("n_objects" in r and "obj_precision" in r for r in regions.values())
+
 
 def test_model_card_links_the_gallery_and_reports_regions_with_too_few_objects():
     from rts.evaluation.package import GALLERY, gallery_lines, region_lines

@@ -235,8 +235,9 @@ def test_queued_loss_grid_gives_two_comparable_experiments(repo):
 # dvc.yaml's `plots`: four PR charts (val_realistic, test_realistic x pixel, object) with one curve
 # per ratio, the reliability diagram, the loss curves and the key val metrics against the step
 PLOT_CHARTS = 7
-# and dvc.yaml's image plots: the error gallery of evaluate (false positives, missed, fragmented)
-PLOT_IMAGES = 3
+# and dvc.yaml's image plots: the error galleries (false positives, missed, fragmented) of evaluate
+# at the operating threshold and of calibrate at the calibrated one
+PLOT_IMAGES = 6
 
 
 def _queued_experiments(repo: Path) -> dict[str, str]:

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     im.add_argument("--creator-lab", help="ARTS CreatorLab (default: the export's)")
     im.add_argument("--base-map-date", help="ARTS BaseMapDate (default: the export's)")
     im.add_argument("--contribution-date", help="ARTS ContributionDate, YYYY-MM-DD (default: today)")
+    for p in (ex, im):  # -v after the action too; SUPPRESS keeps a -v given before it
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as rts -v")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from rts.review.importer import import_verdicts
 
+    if not args.verdicts.is_file():
+        raise ConfigError(f"{args.verdicts}: not found; pass the verdicts-<id>.json file the review page saved")
     review = args.review or args.verdicts.parent
     if not (review / "candidates.json").is_file():
         raise ConfigError(f"{review}: holds no candidates.json; pass --review REVIEW_DIR (the folder rts review export wrote)")

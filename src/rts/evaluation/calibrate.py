@@ -22,6 +22,7 @@ from scipy.optimize import minimize_scalar
 
 from rts.errors import DataError
 from rts.evaluation.evaluate import load_logits, make_accumulator, sigmoid
+from rts.evaluation.gallery import Gallery, gallery_ratio
 from rts.io import IGNORE, atomic_path
 from rts.metrics.keys import OBJECT_METRICS, ap_key, object_key, ratio_key, result_key
 from rts.prevalence import negative_weight
@@ -225,6 +226,27 @@ def report_at_thresholds(ev, cfg, thresholds: dict, labelled_tiles, logits_dir, 
                                        **(reg.get(result_key(r)) or {})} for name, reg in full.get("regions", {}).items()}
         out[ratio_key(r)] = entry
     return out
+
+
+def calibrated_gallery(ev, cfg, store, val_tiles, logits_dir, calibration: dict, *,
+                       susceptibility: SusceptibilityFilter | None = None) -> tuple[Gallery, int, float | None]:
+    """The error gallery of val-realistic at the calibrated object threshold of the middle ratio of
+    ``calibrate.ratios``, on the deployed probabilities (``sigmoid(z / T)``, filtered). Returns the
+    gallery, the ratio and its threshold (None, and an empty gallery, where the target was not reached)."""
+    susceptibility = SusceptibilityFilter.of(susceptibility)
+    ratio = gallery_ratio(cfg.ratios)
+    threshold = calibration["thresholds"][str(ratio)]["object"]["threshold"]
+    n_pos = sum(t.positive for t in val_tiles)
+    gallery = Gallery(threshold=ev.threshold if threshold is None else threshold, iou=cfg.iou, min_object_px=ev.min_object_px,
+                      merge_distance_px=ev.merge_distance_px, n_cases=ev.gallery_cases, ratio=ratio,
+                      negative_weight=negative_weight(ratio, n_pos, len(val_tiles) - n_pos))
+    if threshold is None:
+        return gallery, ratio, None
+    for rec in val_tiles:
+        prob = susceptibility.keep_tile(store.root, rec.tile_id, sigmoid(load_logits(logits_dir, rec.tile_id) / calibration["temperature"]))
+        gallery.add(rec.tile_id, rec.region, rec.positive, prob, np.asarray(store.load(rec.tile_id).label),
+                    lambda tid=rec.tile_id: store.load(tid).rgb)
+    return gallery, ratio, threshold
 
 
 def headline(calibrated: Calibrated, iou: float) -> dict:

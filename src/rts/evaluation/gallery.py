@@ -168,10 +168,11 @@ class Gallery:
             "fragmented": [c.listing() for c in self.cases("fragmented")],
         }
 
-    def write(self, out_dir: Path, name: str, title: str) -> dict[str, Path]:
-        """The three mosaics as ``<out_dir>/<name>_<kind>.png``; returns them by kind."""
+    def write(self, out_dir: Path, name: str, title: str, *, note: str | None = None) -> dict[str, Path]:
+        """The three mosaics as ``<out_dir>/<name>_<kind>.png``; returns them by kind. ``note``
+        replaces the threshold in the titles (e.g. "no calibrated threshold at 1:500")."""
         ratio = f"1:{self.ratio}" if self.ratio else "as sampled"
-        t = f"{title}, threshold {self.threshold:g}, IoU {self.iou:g}"
+        t = f"{title}, {note}" if note else f"{title}, threshold {self.threshold:.4g}, IoU {self.iou:g}"
         paths = {}
         paths["false_positives"] = _mosaic(
             {"": self.cases("false_positives")}, Path(out_dir) / f"{name}_false_positives.png",

@@ -80,11 +80,14 @@ def region_lines(test_report: dict, iou: float) -> list[str]:
 
 
 def gallery_lines(mlflow: str | None) -> list[str]:
-    lines = ["## Error gallery (val-realistic, operating threshold `evaluate.threshold`)", "",
-             "Written by the evaluate stage; DVC image plots (`dvc plots diff` shows two experiments side by side)"
-             + (", and MLflow artifacts under `final/` of the run." if mlflow else "."), ""]
-    lines += [f"- [{name}](../../plots/gallery/{png})" for name, png in GALLERY]
-    return lines + ["- the listed cases: `eval/gallery_val_realistic.json`", ""]
+    lines = ["## Error gallery (val-realistic)", "",
+             "DVC image plots (`dvc plots diff` shows two experiments side by side)"
+             + (", and MLflow artifacts under `final/` of the run." if mlflow else "."), "",
+             "- At the operating threshold `evaluate.threshold` (evaluate stage; cases in `eval/gallery_val_realistic.json`): "
+             + ", ".join(f"[{name}](../../plots/gallery/{png})" for name, png in GALLERY),
+             "- At the calibrated object threshold of the middle ratio (calibrate stage; cases in `metrics/gallery_calibrated.json`): "
+             + ", ".join(f"[{name}](../../plots/gallery_calibrated/{png})" for name, png in GALLERY), ""]
+    return lines
 
 
 def model_card(package: dict, calibration: dict, test_report: dict, ious: list[float], *, data: str = "not recorded",

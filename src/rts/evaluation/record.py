@@ -28,7 +28,9 @@ FINAL_FILES = ("metrics/headline.json", "metrics/calibration.json", "metrics/tes
                "plots/pr_curves_test_realistic.png", "plots/reliability.png", "params.yaml", "dvc.lock",
                # evaluate's error gallery (rts.evaluation.gallery), linked from the model card
                "plots/gallery/val_realistic_false_positives.png", "plots/gallery/val_realistic_missed.png",
-               "plots/gallery/val_realistic_fragmented.png", "eval/gallery_val_realistic.json")
+               "plots/gallery/val_realistic_fragmented.png", "eval/gallery_val_realistic.json",
+               "plots/gallery_calibrated/val_realistic_false_positives.png", "plots/gallery_calibrated/val_realistic_missed.png",
+               "plots/gallery_calibrated/val_realistic_fragmented.png", "metrics/gallery_calibrated.json")
 
 
 def calibration_figures(calibration: dict, headline: dict) -> dict[str, object]:
