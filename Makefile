@@ -30,8 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
 
+# The guide's matrix through the GPU-aware runner (one GPU per experiment, as many at a time as GPUs):
+# make experiments PHASE=losses ARGS="-S model.arch=unet3plus -j 8"; make seeds ARGS=@experiments/studies/NAME/best_params.txt
+PHASE ?= all
 experiments: $(STAMP)
-	$(BIN)/python scripts/queue_experiments.py
+	$(BIN)/python scripts/queue_experiments.py --phase $(PHASE) $(ARGS)
 
 seeds: $(STAMP)
-	$(BIN)/python scripts/seeds.py
+	$(BIN)/python scripts/seeds.py $(ARGS)

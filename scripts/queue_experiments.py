@@ -1,31 +1,48 @@
-"""Queue the experiment matrix as DVC experiments.
+"""Run the experiment matrix of the training guide through the GPU-aware runner, phase by phase.
 
-    python scripts/queue_experiments.py --phase losses [--set model.arch=deeplabv3plus] [--dry-run]
-    dvc queue start -j 1 && dvc exp show --md
+    python scripts/queue_experiments.py --phase losses [--set model.arch=deeplabv3plus] [-j 8] [--gpus 0,1,2,3] [--dry-run]
+    dvc exp show --md        # then: dvc metrics diff A B; dvc plots diff $(dvc exp ls --name-only)
 
-Phases run in order; pass the winner of a phase with --set to the next one.
+Each experiment of a phase is one DVC experiment (``dvc exp run -n NAME -S ...`` in a clone of its
+own), one GPU each, as many at a time as there are GPUs (2 without GPUs); see
+``rts.experiments.runner``. A phase finishes before the next one starts; pass the winner of a phase
+with --set to the next one. A rerun skips what finished and resumes what was interrupted.
 """
 
 import argparse
-import subprocess
 import sys
 
-from rts.experiments import PHASES, queue_commands
+from rts.experiments import ORDER, PHASES, phase_experiments
+from rts.experiments.__main__ import Parser, gpu_list
+from rts.experiments.runner import Experiment, Interrupted, Runner, summary
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, fromfile_prefix_chars="@")
     ap.add_argument("--phase", default="all", choices=[*PHASES, "all"])
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="base override for every run")
-    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ap.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE", help="base override for every run")
+    ap.add_argument("-j", "--jobs", type=int, help="experiments at a time (default: one per visible GPU; 2 without GPUs)")
+    ap.add_argument("--gpus", type=gpu_list, help="device ids to hand out, e.g. 0,1,2,3, or none")
+    ap.add_argument("--dry-run", action="store_true", help="list the experiments only")
     args = ap.parse_args()
-    for cmd in queue_commands(args.phase, args.set):
-        print(" ".join(cmd), flush=True)
-        if not args.dry_run:
-            subprocess.run(cmd, check=True)
-    if not args.dry_run:
-        print("queued; start with: dvc queue start -j 1   (then: dvc exp show --md)")
-    return 0
+    phases = ORDER if args.phase == "all" else (args.phase,)
+    if args.dry_run:
+        for phase in phases:
+            for name, overrides in phase_experiments(phase, args.set):
+                print(name, " ".join(f"-S {o}" for o in overrides))
+        return 0
+    runner = Runner(".", jobs=args.jobs, gpus=args.gpus)
+    ok = True
+    for phase in phases:
+        print(f"== phase {phase}", flush=True)
+        try:
+            results = runner.run([Experiment(n, o) for n, o in phase_experiments(phase, args.set)])
+        except Interrupted as e:
+            print(summary(e.results), flush=True)
+            return 128 + e.signum
+        print(summary(results), flush=True)
+        ok = ok and all(r.ok for r in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

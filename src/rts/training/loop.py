@@ -392,7 +392,8 @@ def start_tracking(params: Params, stats: dict, dist: D.DistInfo, live_dir: str 
     if dist.is_main:
         sysinfo = system_info(stats.get("dataset_version", "unknown"))
         tracker.log_params({**flatten(training_params(params)), **sysinfo, "world_size": dist.world_size,
-                            "effective_batch_size": params.train.batch_size * dist.world_size})
+                            "effective_batch_size": params.train.batch_size * dist.world_size,
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")})  # the runner's pinning
         tracker.set_tags({"dvc_exp_name": sysinfo["dvc_exp_name"], "git_commit": sysinfo["git_commit"]})
         tracker.log_text(frozen_requirements(), "requirements_frozen.txt")
     return tracker

@@ -1,8 +1,13 @@
-"""The experiment matrix (losses, ratios, architectures, auxiliary data) as DVC queue grids, and multi-seed aggregation."""
+"""The experiment matrix of the training guide (losses, ratios, architectures, auxiliary data,
+fusion) as ``-S`` grids, their expansion into single experiments for the runner, and multi-seed
+aggregation (mean and std of every metric)."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,6 +47,54 @@ def queue_commands(phase: str, base: Sequence[str] = ()) -> list[list[str]]:
             for item in [*base, *grid]:
                 cmd += ["-S", item]
             out.append(cmd)
+    return out
+
+
+def split_grid(item: str) -> list[str]:
+    """``key=a,b`` -> [``key=a``, ``key=b``]; commas inside brackets belong to a list value
+    (``data.extra_channels=[ndvi,re]`` is one value), as in DVC's ``-S`` grids."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"override {item!r}: expected KEY=VALUE (for example loss=tversky)")
+    values, depth, cur = [], 0, ""
+    for ch in value:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            values.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    values.append(cur)
+    return [f"{key}={v.strip()}" for v in values]
+
+
+def expand_grid(items: Sequence[str]) -> list[list[str]]:
+    """The cartesian product of a list of ``-S`` items with comma grids, in order."""
+    return [list(c) for c in itertools.product(*(split_grid(i) for i in items))]
+
+
+def slug(overrides: Sequence[str], hashed: Sequence[str] | None = None, limit: int = 40) -> str:
+    """A git-ref-safe, readable name part from override values, plus a hash of ``hashed`` (default:
+    the same overrides), so that one name always stands for one set of params."""
+    digest = hashlib.sha1("\n".join(overrides if hashed is None else hashed).encode()).hexdigest()[:6]
+    words = [re.sub(r"[^A-Za-z0-9._]+", "", o.partition("=")[2]) for o in overrides]
+    text = re.sub(r"\.{2,}", ".", "-".join(w for w in words if w))[:limit].strip(".-")
+    return f"{text}-{digest}" if text else digest
+
+
+def phase_experiments(phase: str, base: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """(name, overrides) of every single experiment of a phase (``all`` = every phase in order):
+    the phase's grids expanded, each with ``base`` first. Names are ``PHASE-VALUES-HASH``."""
+    phases = ORDER if phase == "all" else (phase,)
+    out = []
+    for name in phases:
+        if name not in PHASES:
+            raise ValueError(f"unknown phase {name!r}; valid phases: {', '.join(PHASES)}, all")
+        for grid in PHASES[name]:
+            for combo in expand_grid(grid):
+                overrides = [*base, *combo]
+                out.append((f"{name}-{slug(combo, overrides)}", overrides))
     return out
 
 
