@@ -64,6 +64,18 @@ def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 600, **
     return proc
 
 
+def run_to_file(cmd: list[str], cwd: Path, log: Path, *, timeout: int = 120, **extra_env: str) -> None:
+    """Run ``cmd`` like :func:`run`, its output going to ``log`` instead of a pipe: for commands
+    that start a background worker (``dvc queue start``), which inherits the output. With a pipe,
+    waiting for the command would wait for the worker to close it, i.e. for the whole queue."""
+    extra_env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(cwd).resolve() / 'mlruns.db'}")
+    with open(log, "ab") as out:
+        code = subprocess.run(cmd, cwd=cwd, env=env(**extra_env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                              timeout=timeout).returncode
+    if code != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({code}):\n{Path(log).read_text()[-3000:]}")
+
+
 def make_workdir(dest: Path, overrides: dict | None = None, *, data: Path | None = None) -> Path:
     """Copy stages + params into ``dest``, write tiny synthetic data (or copy ``data``), set params."""
     dest.mkdir(parents=True, exist_ok=True)
