@@ -206,9 +206,12 @@ def test_forced_prepare_and_module_edits_stale_exactly_the_stages_that_load_them
     assert _status(repo) == {}
 
 
-def test_queued_loss_grid_gives_two_comparable_experiments(repo):
+def test_queued_loss_grid_gives_two_comparable_experiments(exp_run):
+    """Two workers (-j 2) into the MLflow store that `exp_run` created (tests/stages/test_concurrency.py
+    has the case of a store that does not exist yet)."""
+    repo = exp_run
     run(["dvc", "exp", "run", "--queue", *overrides({"train.max_epochs": 1}), "-S", "loss=focal,tversky"], repo)
-    run(["dvc", "queue", "start", "-j", "1"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
     import time
 
     deadline = time.time() + 900
@@ -230,6 +233,33 @@ def test_queued_loss_grid_gives_two_comparable_experiments(repo):
                     found[loss] = test
     assert set(found) == {"focal", "tversky"}
     assert found["focal"].keys() == found["tversky"].keys()
+    _assert_each_queued_experiment_has_its_own_whole_mlflow_run(repo, found)
+
+
+def _assert_each_queued_experiment_has_its_own_whole_mlflow_run(repo: Path, headlines: dict) -> None:
+    """Two workers (-j 2) wrote one SQLite MLflow store at once: each experiment has exactly one
+    run, finished, with its own loss, its metric history and final artifacts, and the test
+    numbers DVC recorded for it (nothing lost, nothing crossed); no run of the store is unfinished."""
+    import mlflow
+
+    names = _queued_experiments(repo)
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("rts-segmentation-v2")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert [r.info.status for r in runs] == ["FINISHED"] * len(runs), [(r.info.run_name, r.info.status) for r in runs]
+    by_exp = {}
+    for r in runs:
+        by_exp.setdefault(r.data.tags.get("dvc_exp_name"), []).append(r)
+    for loss, name in names.items():
+        assert len(by_exp.get(name, [])) == 1, f"{name} ({loss}): {len(by_exp.get(name, []))} MLflow runs"
+        (r,) = by_exp[name]
+        assert r.data.params["loss"] == loss and r.info.run_name == name
+        recorded = headlines[loss]["1:500"]["pr_auc"]  # what DVC recorded for this experiment
+        assert r.data.metrics.get("test_realistic/1:500/pr_auc") == (None if recorded is None else pytest.approx(recorded, rel=1e-9))
+        assert "calibration/temperature" in r.data.metrics and client.get_metric_history(r.info.run_id, "train/loss")
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "final")}
+        assert {"final/headline.json", "final/threshold_calibration.json", "final/params.yaml"} <= artifacts, artifacts
+    assert len({by_exp[n][0].info.run_id for n in names.values()}) == 2
 
 
 # dvc.yaml's `plots`: four PR charts (val_realistic, test_realistic x pixel, object) with one curve
