@@ -13,8 +13,8 @@ of :mod:`rts.metrics.objects` and the greedy matching at the primary IoU, exactl
 * **fragmented detections**: matched ground-truth objects that more than one predicted component
   touches, the most fragments first.
 
-Each case is drawn as RGB and probability with its own object outlined in red, the label in green
-and the predicted components in yellow, titled with the tile id, region and score. The listing (``cases``) names the tile of
+Each case is drawn as RGB and probability with its own object outlined in red and the label in
+green, the probability panel also with every predicted component in yellow, titled with the tile id, region and score. The listing (``cases``) names the tile of
 every case and counts every false positive per tile, so a test can hold it against the accumulator.
 """
 
@@ -219,15 +219,17 @@ def _mosaic(rows: dict[str, list[Case]], png: Path, title: str, *, cost: bool = 
             axes[r][0].text(0.0, 0.5, "none", transform=axes[r][0].transAxes, fontsize=8, va="center")
         for k, c in enumerate(cases):
             cr = c.crops
-            outlines = [(cr["label"], LABEL_COLOUR), (cr["pred"], PRED_COLOUR), (cr["object"], CASE_COLOUR)]
-            rgb = _outlined(cr["rgb"].astype(np.uint8), outlines)
-            prob = _outlined((cmap(np.clip(cr["prob"], 0, 1))[..., :3] * 255).astype(np.uint8), outlines)
+            # RGB stays readable under a noisy prediction: label and the case only; probability: every component
+            rgb = _outlined(cr["rgb"].astype(np.uint8), [(cr["label"], LABEL_COLOUR), (cr["object"], CASE_COLOUR)])
+            prob = _outlined((cmap(np.clip(cr["prob"], 0, 1))[..., :3] * 255).astype(np.uint8),
+                             [(cr["label"], LABEL_COLOUR), (cr["pred"], PRED_COLOUR), (cr["object"], CASE_COLOUR)])
             a, b = axes[r][2 * k], axes[r][2 * k + 1]
             a.imshow(rgb, interpolation="nearest")
             b.imshow(prob, interpolation="nearest")
             extra = f" cost {c.cost:.3g}" if cost else (f" {c.n_fragments} parts" if c.n_fragments else f" {c.area_px} px")
-            a.set_title(f"{c.tile_id}\n{c.region or '-'} p={c.score:.3f}{extra}", fontsize=6, loc="left")
-    fig.suptitle(title + "\nRGB | probability; outlines: red the case's object, green label, yellow prediction", fontsize=8)
+            a.set_title(f"{c.tile_id}\n{c.region or '-'}\np={c.score:.3f}{extra}", fontsize=6, loc="left")
+    fig.suptitle(title + "\nRGB | probability; outlines: red the case's object, green label, yellow predicted components "
+                 "(probability panel)", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97 if len(lines) > 2 else 0.9))
     png.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(png, suffix=".png") as tmp:
