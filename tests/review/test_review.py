@@ -110,6 +110,8 @@ def saved_verdicts(review, tmp_path_factory):
         shown = browser.evaluate("window.rtsReview.verdicts()")
         _press(browser, "s")
         path = _wait_for_file(downloads, "verdicts-*.json")
+        browser.open(review / "review.html")  # a reload (a closed tab) keeps the verdicts: localStorage
+        assert browser.evaluate("window.rtsReview.verdicts()") == shown
         assert not browser.errors and not browser.blocked, (browser.errors, browser.blocked)
     # walk: #0 rts -> #1 not_rts -> #2 unsure -> at #3, j -> #4 rts -> at #5, k -> #4, 0 clears #4, 2 -> #4 not_rts
     expected = {order[0]: "rts", order[1]: "not_rts", order[2]: "unsure", order[4]: "not_rts"}
