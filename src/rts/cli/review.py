@@ -19,6 +19,8 @@ def _edges(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("what each action writes is -o/--out: rts review export PRED_DIR -o REVIEW_DIR [--sample -n 30]; "
+                     "rts review import VERDICTS --review REVIEW_DIR --out OUT [--dataset DATA] (see rts review ACTION --help)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     ex = sub.add_parser("export", help="chips and an offline review page from an rts predict folder",
                         formatter_class=parser.formatter_class)
