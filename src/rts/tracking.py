@@ -9,6 +9,8 @@ variable ``MLFLOW_TRACKING_URI`` overrides the params (tests point it at a temp 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import logging
 import math
@@ -89,6 +91,26 @@ def ensure_experiment(mlflow, name: str, uri: str) -> None:
     mlflow.set_experiment(name)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive lock on ``<store>.lock`` beside a local SQLite store (no-op for other
+    stores). MLflow creates the tables of a new store, and migrates an old one, on its first call;
+    two processes doing it at once (two ``dvc queue`` workers, two runner slots) make one fail
+    ("table ... already exists"). Opening the store under this lock makes that one at a time."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock_path = Path(uri[len(prefix):] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0.
 
@@ -121,10 +143,11 @@ class Tracker:
             for attempt in range(5):  # parallel queue workers can briefly lock one SQLite file
                 try:
                     uri = resolve_tracking_uri(tracking_uri)
-                    mlflow.set_tracking_uri(uri)
-                    ensure_experiment(mlflow, experiment, uri)
-                    run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None,
-                                           log_system_metrics=system_metrics)
+                    with store_lock(uri):  # a new store's tables are created once, not by two processes at once
+                        mlflow.set_tracking_uri(uri)
+                        ensure_experiment(mlflow, experiment, uri)
+                        run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None,
+                                               log_system_metrics=system_metrics)
                     break
                 except Exception as e:  # noqa: BLE001 - retried, then re-raised
                     if run_id and getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":

@@ -5,10 +5,9 @@ queued experiments with ``dvc queue start -j 2`` into a store that exists alread
 ran before) and checks that each has its own whole run. This file holds the case found while
 making that test: two workers opening a store that does not exist yet. Each worker's first
 ``mlflow`` call creates the SQLite file and runs MLflow's schema migrations; run twice at once, one
-of them fails ("table ... already exists", "Online migration expected to match one row"), and so
-does its experiment. It is an expected failure until ``rts.tracking`` serialises the creation of
-the store (a file lock beside it) or retries it; the processes here open it exactly as a train
-stage does (:class:`rts.tracking.Tracker`).
+of them failed ("table ... already exists", "Online migration expected to match one row"), and so
+did its experiment. ``rts.tracking.store_lock`` now opens a local store under a file lock beside
+it; the processes here open it exactly as a train stage does (:class:`rts.tracking.Tracker`).
 """
 
 from __future__ import annotations
@@ -40,8 +39,6 @@ print("run", tracker.run_id)
 """
 
 
-@pytest.mark.xfail(reason="two workers creating one new SQLite MLflow store race in MLflow's schema migration "
-                          "(rts.tracking does not serialise it yet); see the module docstring", strict=False)
 def test_two_workers_opening_a_new_mlflow_store_at_once_both_get_a_run(tmp_path):
     store = tmp_path / "mlruns.db"
     go = tmp_path / "go"
