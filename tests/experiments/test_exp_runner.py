@@ -56,7 +56,8 @@ def grid_run(exp_repo, tmp_path_factory):
                      900, "one experiment finished and another training past a checkpoint", interval=0.2)
         interrupted = set(found) if isinstance(found, list) else set()
     finally:
-        os.kill(first.pid, signal.SIGTERM)  # the runner stops its experiments (training exits at once) and exits
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGTERM)  # the runner stops its experiments (training exits at once) and exits
     first_rc = wait(first, 300)
     finished_first = set(exp_refs(repo))
     second = start(repo, logs / "second.txt", "run", "-j", "2", "--gpus", "0,1", "--json", str(logs / "results.json"), *GRID)
@@ -134,7 +135,7 @@ def test_a_failing_experiment_is_reported_with_its_log_and_the_others_are_kept(g
     repo = grid_run["repo"]
     out = tmp_path / "out.txt"
     proc = start(repo, out, "run", "--gpus", "none", "--json", str(tmp_path / "r.json"),
-                 "--grid", "loss=focal", "optim.lr=1e-3,-1")
+                 *GRID[:2], "--grid", "loss=focal", "optim.lr=1e-3,-1")
     rc = wait(proc, 600)
     text = out.read_text()
     assert rc == 1, text
@@ -147,3 +148,37 @@ def test_a_failing_experiment_is_reported_with_its_log_and_the_others_are_kept(g
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
     assert (repo / "params.yaml").read_bytes() == grid_run["params_before"]
 
+
+def test_a_fold_experiment_gets_the_folds_splits_in_its_own_dataset_version(exp_repo):
+    """A region fold's clone: data/splits.yaml is the fold's and committed to the clone's data.dvc,
+    while the repository's data, its data.dvc and the shared DVC cache keep the original splits."""
+    from rts.experiments.folds import fold_experiments
+    from rts.experiments.runner import Runner
+
+    repo = exp_repo
+    original = (repo / "data" / "splits.yaml").read_text()
+    splits = yaml.safe_load(original)
+    (exp,) = fold_experiments(splits, 2, [7])[:1]
+    assert not set(exp.splits["val"]) & set(splits["test"])
+    runner = Runner(repo, gpus=[], say=lambda text: None)
+    workdir = repo / RUNNER_DIR / "work" / exp.name
+    try:
+        runner._prepare(exp, workdir)
+        assert yaml.safe_load((workdir / "data" / "splits.yaml").read_text()) == exp.splits
+        assert run(["git", "diff", "--name-only"], workdir).stdout.split() == ["data.dvc"]
+        assert json.loads(run(["dvc", "status", "--json", "data.dvc"], workdir).stdout or "{}") == {}
+        # nothing written through a link into the cache: the original splits.yaml's cache object
+        # still has the content its md5 names, and the repository's data are as they were
+        import hashlib
+
+        dir_md5 = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+        cache = repo / ".dvc" / "cache" / "files" / "md5"
+        entries = json.loads((cache / dir_md5[:2] / dir_md5[2:]).read_text())
+        (md5,) = [e["md5"] for e in entries if e["relpath"] == "splits.yaml"]
+        assert hashlib.md5((cache / md5[:2] / md5[2:]).read_bytes()).hexdigest() == md5
+        assert (repo / "data" / "splits.yaml").read_text() == original
+        assert json.loads(run(["dvc", "status", "--json", "data.dvc"], repo).stdout or "{}") == {}
+        assert run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout == ""
+    finally:
+        runner._discard_clone(exp)
+    assert not workdir.exists()

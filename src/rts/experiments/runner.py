@@ -155,23 +155,29 @@ def _alive_in(pid: int, folder: Path) -> bool:
     return cwd == folder.resolve() or folder.resolve() in cwd.parents
 
 
-def _stop_group(pgid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM a process group (training checkpoints and exits), SIGKILL what is left after the grace."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+def _stop_group(*pgids: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM process groups (training exits at once; it resumes from its last checkpoint), then
+    SIGKILL what is left after the grace."""
+    def alive(pgid: int) -> bool:
         try:
             os.killpg(pgid, 0)
+            return True
         except ProcessLookupError:
-            return
+            return False
+
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(p) for p in pgids):
         time.sleep(0.2)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def tail(path: Path, n: int = TAIL_LINES) -> str:
@@ -473,8 +479,8 @@ class Runner:
                     results[run.exp.name] = self._finish(run)
             if stop:
                 self.say(f"signal {stop[0]}: stopping {len(running)} running experiment(s); they resume on the next run")
+                _stop_group(*(run.proc.pid for run in running))
                 for run in running:
-                    _stop_group(run.proc.pid)
                     run.proc.wait()
                     self._write_state(run.exp, {"pid": None})
                     os.close(run.lock_fd)
