@@ -54,6 +54,13 @@ def test_export_ranks_candidates_and_writes_a_chip_per_selected_one(review):
             with rasterio.open(chip) as png:  # three 160 px panels, 4 px apart
                 assert (png.width, png.height) == (3 * 160 + 2 * 4, 160)
     assert (review / "review.html").read_text().count("chips/") >= 1
+    # the chip is centred on its polygon: the RGB panel's centre is the blob's red (R 200 for the top one)
+    from PIL import Image
+
+    top = content["order"][0]
+    with Image.open(review / f"chips/{top}.png") as im:
+        r, g, b = im.convert("RGB").getpixel((80, 80))
+    assert r == 200 and 70 <= g < 90 and 70 <= b < 90, (r, g, b)
 
 
 def test_sample_mode_draws_from_every_stratum(prediction, tmp_path):
