@@ -14,7 +14,6 @@ one failed (each failure is reported with its log), 2 for a bad argument, 128+N 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -66,11 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     folds.add_argument("--prefix", default="cv", help="name prefix")
     folds.add_argument("--out", type=Path, default=Path("metrics/cv"), help="folder for cv.json and cv.md")
 
-    seeds = sub.add_parser("seeds", help="the final configuration with three seeds")
+    seeds = sub.add_parser("seeds", help="the final configuration with three seeds; test metrics mean +/- std")
     add_common(seeds)
     seeds.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     seeds.add_argument("--prefix", default="final")
+    seeds.add_argument("--aggregate-only", action="store_true", help="aggregate experiments run before; run nothing")
     return ap
+
+
+SEEDS_HEADLINE = ["1:200.iou_rts", "1:200.pr_auc", "1:200.obj_iou0.3_precision", "1:200.obj_iou0.3_recall",
+                  "1:500.obj_iou0.3_precision", "1:500.obj_iou0.3_recall", "1:1000.obj_iou0.3_precision", "1:200.ap50"]
+
+
+def seeds(runner: Runner, args: argparse.Namespace) -> int:
+    """Run (unless --aggregate-only) and report the final configuration's seeds: test-realistic,
+    once per seed, into metrics/seeds.json and seeds.md. Nothing is tuned on these numbers."""
+    from rts.experiments.matrix import aggregate_seeds, seeds_table
+    from rts.io import write_json_atomic, write_text_atomic
+
+    exps = [Experiment(f"{args.prefix}-seed-{s}", [*args.set, f"seed={s}"]) for s in args.seeds]
+    if not args.aggregate_only:
+        rc = run_and_report(runner, exps, args.json_out)
+        if rc:
+            return rc
+    refs = runner.exp_refs()
+    missing = [e.name for e in exps if e.name not in refs]
+    if missing:
+        raise ValueError(f"experiment(s) {', '.join(missing)} not found for HEAD; run them first (without --aggregate-only)")
+    metrics = {s: (runner.read_json(refs[e.name], "metrics/headline.json") or {}).get("test_realistic", {})
+               for s, e in zip(args.seeds, exps)}
+    summary_ = aggregate_seeds(metrics)
+    write_json_atomic(runner.root / "metrics" / "seeds.json", summary_)
+    table = seeds_table(summary_, SEEDS_HEADLINE) + "\nAll metrics: metrics/seeds.json\n"
+    write_text_atomic(runner.root / "seeds.md", table)
+    print(table)
+    return 0
 
 
 def run_and_report(runner: Runner, experiments: list[Experiment], json_out: Path | None) -> int:
@@ -98,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 exps = [Experiment(f"{args.prefix}-{slug(c, [*args.set, *c])}", [*args.set, *c]) for c in expand_grid(args.grid)]
             return run_and_report(runner, exps, args.json_out)
         if args.command == "seeds":
-            exps = [Experiment(f"{args.prefix}-seed-{s}", [*args.set, f"seed={s}"]) for s in args.seeds]
-            return run_and_report(runner, exps, args.json_out)
+            return seeds(runner, args)
         if args.command == "folds":
             from rts.experiments import folds
 
