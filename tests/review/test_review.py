@@ -63,6 +63,31 @@ def test_export_ranks_candidates_and_writes_a_chip_per_selected_one(review):
     assert r == 200 and 70 <= g < 90 and 70 <= b < 90, (r, g, b)
 
 
+def test_a_reprojected_scene_without_extra_gives_chips_on_the_prediction_grid(tmp_path):
+    """A UTM scene is predicted on the EPSG:3413 grid; its chips are read through the same warp, so
+    the candidate sits at the chip's centre; without an EXTRA raster a chip has no EXTRA panel."""
+    from PIL import Image
+
+    from packages import write_package, write_scene
+    from review_data import ramp_predictor
+    from rts.inference import predict as P
+
+    rgb = np.full((3, 160, 160), 60, np.uint8)
+    rgb[0, 60:100, 60:100] = 200
+    scene = write_scene(tmp_path / "utm.tif", rgb, crs="EPSG:32606", origin=(500000.0, 7800000.0), pixel=3.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(P, "load_predictor", lambda *a, **k: ramp_predictor(extra=False))
+        log = P.run_predict(write_package(tmp_path / "pkg"), tmp_path / "pred", scenes=[str(scene)], threshold=0.5,
+                            num_workers=0, finalize_workers=0)
+    assert log["regions"][0]["reprojected"]
+    content = export(tmp_path / "pred", tmp_path / "review", n=5)
+    (c,) = [c for c in content["candidates"] if c["selected"]]
+    assert c["panels"] == ["RGB", "probability"]
+    with Image.open(tmp_path / "review" / c["chip"]) as im:
+        assert im.size == (2 * 160 + 4, 160)
+        assert im.convert("RGB").getpixel((80, 80))[0] == 200
+
+
 def test_sample_mode_draws_from_every_stratum(prediction, tmp_path):
     pred, _, _ = prediction
     content = export(pred, tmp_path / "r", mode="sample", n=2, strata=[0.5, 0.7, 0.9], seed=3)
