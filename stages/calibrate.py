@@ -40,7 +40,7 @@ def main() -> int:
     render_reliability(calibrated.reliability["before"], calibrated.reliability["after"], calibration["temperature"],
                        Path("plots/reliability.png"))
     gallery, ratio, threshold = calibrated_gallery(ev, cfg, store, val, Path("eval/logits"), calibration, susceptibility=susceptibility)
-    gallery.write(Path("plots/gallery_calibrated"), "val_realistic", f"val-realistic, calibrated 1:{ratio} object threshold",
+    gallery.write(Path("plots/gallery_calibrated"), "val_realistic_calibrated", f"val-realistic, calibrated 1:{ratio} object threshold",
                   note=None if threshold is not None else f"no calibrated threshold at 1:{ratio} (target precision not reached)")
     write_json_atomic(Path("metrics/gallery_calibrated.json"), gallery.listing())
     log_to_mlflow(params, package_dir)

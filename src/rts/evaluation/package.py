@@ -86,7 +86,8 @@ def gallery_lines(mlflow: str | None) -> list[str]:
              "- At the operating threshold `evaluate.threshold` (evaluate stage; cases in `eval/gallery_val_realistic.json`): "
              + ", ".join(f"[{name}](../../plots/gallery/{png})" for name, png in GALLERY),
              "- At the calibrated object threshold of the middle ratio (calibrate stage; cases in `metrics/gallery_calibrated.json`): "
-             + ", ".join(f"[{name}](../../plots/gallery_calibrated/{png})" for name, png in GALLERY), ""]
+             + ", ".join(f"[{name}](../../plots/gallery_calibrated/{png.replace('val_realistic_', 'val_realistic_calibrated_')})"
+                       for name, png in GALLERY), ""]
     return lines
 
 

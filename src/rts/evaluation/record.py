@@ -26,11 +26,11 @@ log = logging.getLogger(__name__)
 FINAL_FILES = ("metrics/headline.json", "metrics/calibration.json", "metrics/test.json", "metrics/val_at_thresholds.json",
                "metrics/evaluate.json", "metrics/evaluate_test.json", "plots/pr_curves_val_realistic.png",
                "plots/pr_curves_test_realistic.png", "plots/reliability.png", "params.yaml", "dvc.lock",
-               # evaluate's error gallery (rts.evaluation.gallery), linked from the model card
+               # the error galleries of evaluate and calibrate (rts.evaluation.gallery; distinct names: final/ is flat)
                "plots/gallery/val_realistic_false_positives.png", "plots/gallery/val_realistic_missed.png",
                "plots/gallery/val_realistic_fragmented.png", "eval/gallery_val_realistic.json",
-               "plots/gallery_calibrated/val_realistic_false_positives.png", "plots/gallery_calibrated/val_realistic_missed.png",
-               "plots/gallery_calibrated/val_realistic_fragmented.png", "metrics/gallery_calibrated.json")
+               "plots/gallery_calibrated/val_realistic_calibrated_false_positives.png", "plots/gallery_calibrated/val_realistic_calibrated_missed.png",
+               "plots/gallery_calibrated/val_realistic_calibrated_fragmented.png", "metrics/gallery_calibrated.json")
 
 
 def calibration_figures(calibration: dict, headline: dict) -> dict[str, object]:
