@@ -97,6 +97,14 @@ def rewrite_tile_pixel_size(root: Path, tile_id: str, pixel: float) -> None:
         rewrite(root, f"{folder}/{tile_id}.tif", transform=from_origin(x0 + i * SIZE * 3.0, y0, pixel, pixel))
 
 
+def regrow_tile(root: Path, tile_id: str, size: int) -> None:
+    """All three files of a tile at ``size`` px, consistent with each other (edge-padded)."""
+    for folder in ("PLANET-RGB", "EXTRA", "labels"):
+        array, transform = read(root, f"{folder}/{tile_id}.tif")
+        pad = size - array.shape[1]
+        write_geotiff(root / f"{folder}/{tile_id}.tif", np.pad(array, ((0, 0), (0, pad), (0, pad)), mode="edge"), transform)
+
+
 def shrink_label(root: Path) -> None:
     array, transform = read(root, "labels/alpha_006.tif")
     write_geotiff(root / "labels/alpha_006.tif", array[:, :, : SIZE // 2].copy(), transform)
@@ -133,6 +141,8 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[tuple[str, str]]]] = [
     ("pixel size inconsistent across tiles", lambda r: rewrite_tile_pixel_size(r, "alpha_009", 3.2),
      [(f"{folder}/alpha_009.tif", "pixel size 3.2 m differs from the dataset's most common 3 m (63 files)")
       for folder in ("PLANET-RGB", "EXTRA", "labels")]),
+    ("a tile of another size than the others", lambda r: regrow_tile(r, "alpha_009", SIZE + SIZE // 2),
+     [("PLANET-RGB/alpha_009.tif", f"tile size {SIZE + SIZE // 2}x{SIZE + SIZE // 2} px differs from the dataset's most common {SIZE}x{SIZE} px (21 tiles)")]),
     ("DEFLATE instead of LZW", lambda r: rewrite(r, "labels/bravo_003.tif", compress="deflate"),
      [("labels/bravo_003.tif", "compression DEFLATE, expected LZW")]),
     ("metadata row without files", lambda r: delete_tile(r, "charlie_005"),

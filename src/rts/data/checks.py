@@ -119,6 +119,8 @@ class _TileResult:
     warnings: list[Problem] = field(default_factory=list)
     # (relative path, rounded (x, y) pixel size) of every file that opened, for the cross-tile check
     pixel_sizes: list[tuple[str, tuple[float, float]]] = field(default_factory=list)
+    # (relative path, (height, width)) of the tile's first file that opened, for the cross-tile size check
+    tile_shapes: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
 
 
 def check_dataset(root: Path, *, progress: bool = False, workers: int = 1, on_tile: TileCallback | None = None) -> list[Problem]:
@@ -165,12 +167,16 @@ def run_checks(root: Path, *, progress: bool = False, workers: int = 1, on_tile:
         for tile_id in tile_ids
     )
     sizes: dict[tuple[float, float], list[str]] = defaultdict(list)
+    shapes: dict[tuple[int, int], list[str]] = defaultdict(list)
     for result in _map(_check_tile_job, jobs, workers, total=len(tile_ids), progress=progress):
         problems.extend(result.problems)
         warnings.extend(result.warnings)
         for path, size in result.pixel_sizes:
             sizes[size].append(path)
+        for path, shape in result.tile_shapes:
+            shapes[shape].append(path)
     _check_pixel_size_consistency(sizes, problems)
+    _check_tile_shape_consistency(shapes, problems)
 
     log.debug("checked %d tiles: %d problems, %d warnings", len(tile_ids), len(problems), len(warnings))
     return CheckResult(sorted(set(problems)), sorted(set(warnings)), len(tile_ids))
@@ -433,6 +439,20 @@ def _check_pixel_size_consistency(sizes: dict[tuple[float, float], list[str]], p
             )
 
 
+def _check_tile_shape_consistency(shapes: dict[tuple[int, int], list[str]], problems: list[Problem]) -> None:
+    """Report every file whose size in pixels differs from the dataset's most common one: a batch
+    stacks tiles of one size, so a 96 px tile among 64 px ones would stop training mid-epoch."""
+    if len(shapes) <= 1:
+        return
+    common = max(sorted(shapes), key=lambda s: len(shapes[s]))  # ties to the smaller: deterministic
+    for shape, paths in shapes.items():
+        if shape == common:
+            continue
+        for path in paths:
+            problems.append(Problem(path, f"tile size {shape[0]}x{shape[1]} px differs from the dataset's most common "
+                                          f"{common[0]}x{common[1]} px ({len(shapes[common])} tiles)"))
+
+
 # --- one tile -----------------------------------------------------------------------------------
 
 
@@ -477,6 +497,8 @@ def _check_tile(root: Path, tile_id: str, present: dict[str, bool], row: _Row | 
             rts_pixels = _check_label_values(pixels, rel, out)
 
     ref = next(iter(grids.values()), None)
+    if ref is not None:  # the tile's size is its first file's; the files' sizes against it are checked below
+        out.tile_shapes.append((ref[0], tuple(int(n) for n in ref[1])))
     for kind, (rel, shape, transform) in grids.items():
         if ref is None or rel == ref[0]:
             continue
