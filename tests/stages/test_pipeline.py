@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workdir import REPO, TINY, make_repo, run  # noqa: E402
+from workdir import REPO, TINY, make_repo, run, run_to_file  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
@@ -211,7 +211,7 @@ def test_queued_loss_grid_gives_two_comparable_experiments(exp_run):
     has the case of a store that does not exist yet)."""
     repo = exp_run
     run(["dvc", "exp", "run", "--queue", *overrides({"train.max_epochs": 1}), "-S", "loss=focal,tversky"], repo)
-    run(["dvc", "queue", "start", "-j", "2"], repo)
+    run_to_file(["dvc", "queue", "start", "-j", "2"], repo, repo.parent / "queue_start.log")  # not a pipe the worker holds
     import time
 
     deadline = time.time() + 900
