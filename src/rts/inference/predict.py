@@ -274,11 +274,19 @@ def allocate(path: Path, size: int) -> None:
             free = shutil.disk_usage(path.parent).free
             if e.errno == errno.ENOSPC or free < size - min(have, size):
                 os.ftruncate(fd, have)  # leave a resumed run's file as it was
-                raise OutputError(f"{path}: no space for the {size / 2**20:.1f} MiB accumulator ({free / 2**20:.1f} MiB free "
-                                  f"on {path.parent}); free space or predict into --out on a larger disk (the run resumes)") from None
+                raise OutputError(f"{path}: no space for the {_human(size)} accumulator ({_human(free)} free on {path.parent}); "
+                                  "free space or predict into an --out on a larger disk (the run resumes)") from None
             os.ftruncate(fd, max(have, size))  # cannot preallocate here, but the space is there
     finally:
         os.close(fd)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KiB") or n >= 100 else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
 
 
 def merge_pass(prob_acc: np.ndarray, scale_acc: np.ndarray, region: Region, row: int, col: int,
