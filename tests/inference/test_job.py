@@ -1,8 +1,7 @@
 """Sharded ``rts predict`` jobs: the shards of one --out equal a single run; ``rts predict status``
 and ``rts merge`` for complete, incomplete, failed, preempted and mixed jobs; SIGTERM is resumable.
 
-Four scenes of different sizes (4 to 12 passes of 64 px at stride 32) lie side by side on one
-EPSG:3413 grid, so the scenes of a job and of a single run mosaic into one merged raster.
+The scenes and their single-process run come from the ``job_inputs`` fixture (conftest.py).
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packages import ORIGIN, write_package, write_scene  # noqa: E402
+from packages import write_scene  # noqa: E402
 
 from rts.cli import main  # noqa: E402
 from rts.errors import DataError, OutputError  # noqa: E402
@@ -28,31 +27,13 @@ from rts.inference.merge import merge_chunks  # noqa: E402
 from rts.inference.predict import DELAY_ENV, KILL_ENV, run_predict  # noqa: E402
 from rts.inference.shard import ShardSpec  # noqa: E402
 
-SIZES = [(96, 96), (160, 96), (96, 128), (128, 160)]  # passes: 4, 8, 6, 12
 OUTPUTS = (".prob.tif", ".mask.tif", ".gpkg")
 KW = dict(threshold=0.5, num_workers=0, batch_size=2)
 
 
-def write_scenes(folder: Path) -> list[str]:
-    rng = np.random.default_rng(0)
-    paths, x = [], ORIGIN[0]
-    for i, (h, w) in enumerate(SIZES):
-        rgb = rng.integers(0, 120, (3, h, w), dtype=np.uint8)
-        rgb[0, 20:50, 30:70] = 255
-        paths.append(str(write_scene(folder / f"scene{i}.tif", rgb, origin=(x, ORIGIN[1]))))
-        x += w * 3.0
-    return paths
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A package, the scenes and their single-process run (outputs + a merge of them)."""
-    root = tmp_path_factory.mktemp("job")
-    pkg = write_package(root / "pkg")
-    scenes = write_scenes(root / "scenes")
-    run_predict(pkg, root / "single", scenes=scenes, **KW)
-    merge_chunks(root / "single_merged", [root / "single"], blocksize=64)
-    return root, pkg, scenes
+def setup(job_inputs):
+    return job_inputs
 
 
 def _shard(pkg, out, scenes, k, n, **kw):
