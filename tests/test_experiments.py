@@ -159,3 +159,20 @@ def test_cv_report_is_mean_and_std_of_val_realistic_over_folds_and_seeds(tmp_pat
     assert m["mean"] == pytest.approx(0.25) and m["std"] == pytest.approx(np.std([0.1, 0.2, 0.3, 0.4]))
     assert all("test" not in k for k in report["metrics"])  # val-realistic only
     assert report["folds"][exps[0].name]["test"] == ["t"]
+
+
+def test_the_readmes_experiment_commands_parse():
+    """Every ``python -m rts.experiments ...`` line of the README is a valid command line."""
+    import shlex
+
+    from rts.experiments.__main__ import build_parser
+    from workdir import REPO
+
+    lines = [line.split("#")[0].strip() for line in (REPO / "README.md").read_text().splitlines()
+             if line.startswith("python -m rts.experiments ")]
+    assert len(lines) >= 5, lines
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[3:])
+        assert args.command in ("run", "search", "folds", "seeds"), line
+        if args.command == "run":
+            assert args.phase or args.grid, line

@@ -1,7 +1,7 @@
 """``python -m rts.experiments``: run DVC experiments N at a time on the visible GPUs.
 
     python -m rts.experiments run --phase losses [-S model.arch=unet ...] [-j 8] [--gpus 0,1,2,3]
-    python -m rts.experiments run --grid -S loss=focal,tversky -S optim.lr=1e-4,3e-4
+    python -m rts.experiments run [-S train.max_epochs=100] --grid loss=focal,tversky optim.lr=1e-4,3e-4
     python -m rts.experiments search [--space experiments/search.yaml] [--trials 40]
     python -m rts.experiments folds --k 3 --seeds 42 43 44 [@experiments/studies/NAME/best_params.txt]
     python -m rts.experiments seeds @experiments/studies/NAME/best_params.txt
