@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packages import write_scene  # noqa: E402
+from packages import write_package, write_scene  # noqa: E402
 
 from rts.cli import main  # noqa: E402
 from rts.errors import DataError, OutputError  # noqa: E402
@@ -201,3 +201,58 @@ def test_sigterm_finishes_the_batch_exits_75_and_the_shard_resumes_to_the_same_b
     assert job_status(out)["shards"][1]["state"] == "finished"
     names = [r["region"] for r in read_job(out)["shards"][1]]
     _same_outputs(root / "single", out, names)
+
+
+def test_a_tile_list_job_merges_to_a_single_run_of_the_list(tmp_path):
+    """Shards of one tile list over a mosaic: each runs every pass touching its rows' tiles, so the
+    passes along shard borders are run by both sides and the merge equals one run (batch size 1:
+    CPU convolutions differ by ~1e-5 with the batch composition)."""
+    import csv
+
+    import rasterio
+
+    from packages import ORIGIN
+
+    T = 64
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 120, (3, 4 * T + 16, 3 * T + 16), dtype=np.uint8)
+    rgb[0, 50:140, 20:40] = 255  # crosses tile rows, so shard borders
+    mosaic = write_scene(tmp_path / "mosaic.tif", rgb)
+    tiles = tmp_path / "arctic.csv"
+    with open(tiles, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tile_id", "minx", "miny", "maxx", "maxy"])
+        for r in range(4):
+            for c in range(3):
+                if (r, c) != (3, 0):
+                    w.writerow([f"cell_{r}_{c}", ORIGIN[0] + c * T * 3.0, ORIGIN[1] - (r + 1) * T * 3.0,
+                                ORIGIN[0] + (c + 1) * T * 3.0, ORIGIN[1] - r * T * 3.0])
+    pkg = write_package(tmp_path / "pkg")
+    kw = dict(tiles=str(tiles), mosaic=str(mosaic), threshold=0.5, num_workers=0, batch_size=1)
+    run_predict(pkg, tmp_path / "single", **kw)
+    for k in range(3):
+        run_predict(pkg, tmp_path / "job", shard=ShardSpec(k, 3, "manual"), **kw)
+    job = read_job(tmp_path / "job")
+    assert [len(s) for s in job["shards"]] == [1, 1, 1]  # one part of the list each
+    assert sorted(i for s in job["shards"] for i in s[0]["tiles"]) == list(range(11))
+    assert (tmp_path / "job" / "arctic.shard-0001-of-0003.prob.tif").exists()
+    merged = merge_chunks(tmp_path / "merged", [tmp_path / "job"], blocksize=128)
+    assert merged["outputs"]["prob"].endswith("arctic.prob.tif")  # a job of one tile list keeps its stem
+    merge_chunks(tmp_path / "single_merged", [tmp_path / "single"], name="arctic", blocksize=128)
+    with rasterio.open(tmp_path / "single" / "arctic.prob.tif") as a, rasterio.open(tmp_path / "merged" / "arctic.prob.tif") as b:
+        assert a.transform == b.transform
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    for suffix in (".prob.tif", ".mask.tif"):
+        assert (tmp_path / "merged" / f"arctic{suffix}").read_bytes() == (tmp_path / "single_merged" / f"arctic{suffix}").read_bytes()
+    # polygons cut by shard borders are dissolved: the same shapes and attributes, mean_prob summed in
+    # another order (as for chunks, test_merge.py)
+    import pyogrio.raw
+    import shapely
+
+    (_, _, g1, a1), (m2, _, g2, a2) = (pyogrio.raw.read(str(p)) for p in (tmp_path / "single" / "arctic.gpkg", tmp_path / "merged" / "arctic.gpkg"))
+    assert len(g1) == len(g2) > 0 and all(shapely.equals(shapely.from_wkb(g1), shapely.from_wkb(g2)))
+    cols1, cols2 = dict(zip(m2["fields"], a1)), dict(zip(m2["fields"], a2))
+    for key in ("rts_id", "area_m2", "perimeter_m", "max_prob", "detection_scale", "tile_ids"):
+        assert cols1[key].tolist() == cols2[key].tolist(), key
+    np.testing.assert_allclose(cols2["mean_prob"], cols1["mean_prob"], rtol=1e-9)
+    assert merged["polygon_parts_dissolved"] > 0
