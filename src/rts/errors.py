@@ -51,8 +51,21 @@ class OutputError(RtsError, RuntimeError):
 
 
 def one_line(err: RtsError) -> str:
-    """The error as the one line a command prints (a multi-line report keeps its lines)."""
-    return f"error: {err}"
+    """The error as the one line a command prints (a multi-line report keeps its lines).
+
+    An error raised in a DataLoader worker reaches the training process re-raised by PyTorch, as
+    the same class with the worker's whole traceback as its message ("Caught OutputError in
+    DataLoader worker process 0. Original Traceback ... rts.errors.OutputError: <message>"): the
+    line printed is then the original message, with the worker named."""
+    text = str(err)
+    head, sep, rest = text.partition("\nOriginal Traceback (most recent call last):\n")
+    if sep and head.startswith("Caught ") and " in DataLoader worker process " in head:
+        last = next((line for line in reversed(rest.splitlines()) if line.strip()), "")
+        prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+        if last.startswith(prefix):
+            where = head[head.index(" in DataLoader worker process ") + 4:].rstrip(".")
+            return f"error: {last[len(prefix):]} (in {where})"
+    return f"error: {text}"
 
 
 def exit_on_error(main: Callable[[], int], *, quiet: bool = False) -> int:

@@ -197,3 +197,40 @@ def test_a_tile_of_another_size_among_the_others_is_refused_by_prepare_naming_it
     with pytest.raises(DataError, match=rf"PLANET-RGB/{tile_id}.tif: tile size 48x48 px differs from the dataset's most common 32x32 px"):
         _prepare(root, out)
     assert not out.exists()
+
+
+def test_a_full_disk_at_a_cache_write_in_a_loader_worker_is_still_one_line(small_dataset, tmp_path, monkeypatch, capsys):
+    """Training with train.num_workers > 0 fills the cache in DataLoader workers when prepare did not.
+    PyTorch re-raises a worker's error as the same class with the worker's traceback as its message;
+    the stage's line is the original message with the worker named, not a traceback."""
+    import torch.utils.data
+
+    from rts.data.store import TileStore
+    from rts.errors import OutputError, exit_on_error
+
+    tile_id = sorted(p.stem for p in (small_dataset / "labels").glob("*.tif"))[0]
+    hit = _full_disk_at_cache_write(monkeypatch, tile_id, "rgbl")  # forked workers inherit the patch
+    cache = tmp_path / "cache"
+    store = TileStore(small_dataset, cache_dir=cache)
+
+    class Tiles(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int):
+            return torch.from_numpy(np.asarray(store.load(tile_id).rgb)).float().mean()
+
+    def stage() -> int:
+        loader = torch.utils.data.DataLoader(Tiles(), batch_size=1, num_workers=1, multiprocessing_context="fork")
+        for _ in loader:
+            pass
+        return 0
+
+    with pytest.raises(OutputError, match="Caught OutputError in DataLoader worker process 0"):
+        stage()  # what PyTorch hands the training process
+    assert exit_on_error(stage) == 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {cache}{os.sep}{tile_id}.") and ".rgbl.npy: cannot be written (No space left on device)" in err, err
+    assert err.rstrip().endswith("(in DataLoader worker process 0)"), err
+    assert not hit  # the write happened in the worker, not here
