@@ -97,3 +97,21 @@ def test_the_template_command_runs_the_shards_of_a_job(template, engine_env, job
         stem = Path(s).stem
         for suffix in (".prob.tif", ".mask.tif", ".gpkg"):
             assert (out / f"{stem}{suffix}").read_bytes() == (root / "single" / f"{stem}{suffix}").read_bytes()
+
+
+def test_torchrun_runs_one_shard_per_rank(job_inputs, tmp_path):
+    """``torchrun --nproc-per-node=2 -m rts predict --shard auto``: all devices of a node (CPU here)."""
+    root, pkg, scenes = job_inputs
+    out = tmp_path / "out"
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        done = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "rts", "predict", "--shard", "auto", "--model",
+                               str(pkg), "-o", str(out), *_args(pkg, scenes).split()], stdout=f, stderr=f, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert done.returncode == 0, log.read_text()[-3000:]
+    status = job_status(out)
+    assert status["complete"] and status["count"] == 2 and {s["engine"] for s in status["shards"]} == {"torchrun"}
+    for s in scenes:
+        stem = Path(s).stem
+        assert (out / f"{stem}.prob.tif").read_bytes() == (root / "single" / f"{stem}.prob.tif").read_bytes()
