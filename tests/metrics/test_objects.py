@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
 from rts.metrics import objects
@@ -150,10 +152,10 @@ def test_greedy_matching_equals_brute_force(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-@pytest.mark.parametrize("divisor", [1, 64, 10**9], ids=["union-edges", "mixed", "relabel-levels"])
-def test_grid_pass_equals_per_threshold_labelling(seed, divisor, monkeypatch):
-    # the divisor decides which levels are relabelled whole; force each path and the mix
-    monkeypatch.setattr(objects, "_LABEL_PATH_DIVISOR", divisor)
+@pytest.mark.parametrize("tie_tolerance", [objects._TIE_TOLERANCE, np.inf], ids=["default", "always-raster-sums"])
+def test_grid_pass_equals_per_threshold_labelling(seed, tie_tolerance, monkeypatch):
+    # an infinite tolerance recomputes every level's scores in the reference's order: both paths
+    monkeypatch.setattr(objects, "_TIE_TOLERANCE", tie_tolerance)
     rng = np.random.default_rng(100 + seed)
     prob, label = _random_scene(rng, size=40)
     thresholds = grid_thresholds(25)
@@ -161,6 +163,73 @@ def test_grid_pass_equals_per_threshold_labelling(seed, divisor, monkeypatch):
         fast = grid_object_counts(prob, label, thresholds, (0.1, 0.3, 0.5), min_object_px=min_px)
         ref = grid_object_counts_reference(prob, label, thresholds, (0.1, 0.3, 0.5), min_object_px=min_px)
         np.testing.assert_array_equal(fast, ref)
+
+
+@st.composite
+def _scenes(draw):
+    """A probability map, a {0, 1, 255} label, a grid, IoU thresholds and a minimum size."""
+    h = draw(st.integers(1, 28))
+    w = draw(st.integers(1, 28))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["smooth", "noise", "quantised", "boxes"]))
+    if kind == "smooth":
+        prob = ndi.gaussian_filter(rng.random((h, w)), draw(st.floats(0.5, 3.0)))
+        prob = (prob - prob.min()) / max(np.ptp(prob), 1e-12)
+    elif kind == "noise":
+        prob = rng.random((h, w))
+    elif kind == "quantised":  # many exactly equal component scores: the tie-breaking rules
+        prob = rng.integers(0, draw(st.integers(2, 9)), (h, w)) / 8.0
+        prob = np.minimum(prob, 1.0)
+    else:
+        prob = np.zeros((h, w))
+        for _ in range(draw(st.integers(0, 6))):
+            r, c = rng.integers(0, h), rng.integers(0, w)
+            prob[r : r + rng.integers(1, 10), c : c + rng.integers(1, 10)] = draw(st.sampled_from([0.3, 0.5, 0.75, 1.0]))
+    label = np.zeros((h, w), np.uint8)
+    for _ in range(draw(st.integers(0, 5))):
+        r, c = rng.integers(0, h), rng.integers(0, w)
+        label[r : r + rng.integers(1, 12), c : c + rng.integers(1, 12)] = 1
+    label[rng.random((h, w)) < draw(st.sampled_from([0.0, 0.05, 0.3]))] = 255
+    if draw(st.booleans()):
+        label[prob > 0.6] = 1  # predictions that match
+    grid = draw(st.one_of(
+        st.integers(1, 30).map(grid_thresholds),
+        st.lists(st.floats(0.001, 1.0), min_size=1, max_size=12, unique=True).map(lambda v: np.sort(np.asarray(v))),
+    ))
+    ious = tuple(draw(st.lists(st.sampled_from([0.05, 0.1, 0.25, 0.3, 0.5, 0.75, 1.0]), min_size=1, max_size=3)))
+    return prob.astype(draw(st.sampled_from([np.float32, np.float64]))), label, grid, ious, draw(st.integers(1, 12))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenes(), st.sampled_from([None, np.inf]))
+def test_grid_pass_counts_equal_the_reference_property(scene, tie_tolerance):
+    prob, label, grid, ious, min_px = scene
+    if tie_tolerance is not None:
+        objects._TIE_TOLERANCE, saved = tie_tolerance, objects._TIE_TOLERANCE
+    try:
+        fast = grid_object_counts(prob, label, grid, ious, min_object_px=min_px)
+    finally:
+        if tie_tolerance is not None:
+            objects._TIE_TOLERANCE = saved
+    ref = grid_object_counts_reference(prob, label, grid, ious, min_object_px=min_px)
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_grid_pass_on_a_512px_tile_equals_the_reference():
+    # the benchmark's kind of tile: a smooth noisy background, most pixels above the lowest threshold
+    rng = np.random.default_rng(7)
+    logit = ndi.gaussian_filter(rng.normal(0, 1, (512, 512)), 8) * 20 - 4 + rng.normal(0, 0.5, (512, 512))
+    label = np.zeros((512, 512), np.uint8)
+    label[100:180, 200:260] = 1
+    label[300:330, 40:140] = 1
+    logit[95:175, 205:265] += 9
+    label[98:102, 200:260] = 255
+    prob = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    th = grid_thresholds(100)
+    np.testing.assert_array_equal(
+        grid_object_counts(prob, label, th, (0.1, 0.3, 0.5)), grid_object_counts_reference(prob, label, th, (0.1, 0.3, 0.5))
+    )
 
 
 def test_grid_pass_on_constant_and_empty_maps():
@@ -240,3 +309,31 @@ def test_grid_levels_exact_on_threshold_values(n):
     p = np.concatenate([on_grid, np.nextafter(on_grid, -1), np.nextafter(on_grid, 2), np.array([0.29, 0.57, 0.58])])
     p = np.clip(p, 0, 1)
     np.testing.assert_array_equal(objects._grid_levels(p, thresholds), np.searchsorted(thresholds, p, side="right"))
+
+
+@pytest.mark.parametrize("grid", [10, 100, 37, [0.1, 0.25, 0.5, 0.9], [0.5]])
+def test_compiled_grid_levels_equal_searchsorted(grid):
+    thresholds = grid_thresholds(grid)
+    on_grid = np.r_[0.0, thresholds, np.arange(0, 101) / 100]
+    p = np.clip(np.concatenate([on_grid, np.nextafter(on_grid, -1), np.nextafter(on_grid, 2), [0.29, 0.57, 0.58]]), 0, 1)
+    n = thresholds.size
+    uniform = np.array_equal(thresholds, np.arange(1, n + 1) / n)
+    got = objects._grid_levels_compiled(p[None, :], thresholds, uniform)[0]
+    np.testing.assert_array_equal(got, np.searchsorted(thresholds, p, side="right"))
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+@pytest.mark.parametrize("tie_tolerance", [objects._TIE_TOLERANCE, np.inf], ids=["default", "always-raster-sums"])
+def test_grid_pass_breaks_equal_scores_by_raster_order(mirrored, tie_tolerance, monkeypatch):
+    # A (48 px) overlaps G1 (IoU 0.375) and G2 (0.222); B (12 px) only G1 (0.3); both score 0.75.
+    # B first (it comes first in raster order): B takes G1, A takes G2 -> 2 TP; mirrored, A is
+    # first and takes G1, B is left -> 1 TP. Only the first-pixel tie rule tells them apart.
+    monkeypatch.setattr(objects, "_TIE_TOLERANCE", tie_tolerance)
+    label = _boxes((4, 22), [(0, 4, 0, 10), (0, 4, 12, 22)], dtype=np.uint8)
+    prob = _boxes((4, 22), [(0, 4, 4, 16, 0.75), (0, 4, 0, 3, 0.75)])  # sums of 0.75 are exact
+    if mirrored:
+        label, prob = label[:, ::-1].copy(), prob[:, ::-1].copy()
+    th = grid_thresholds(10)
+    fast = grid_object_counts(prob, label, th, (0.2,), min_object_px=1)
+    np.testing.assert_array_equal(fast, grid_object_counts_reference(prob, label, th, (0.2,), min_object_px=1))
+    assert fast[th.tolist().index(0.5), 0, 0] == (1 if mirrored else 2)

@@ -82,12 +82,12 @@ class _TileObjects(NamedTuple):
 def _tile_object_counts(p: np.ndarray, label: np.ndarray, acc: EvalAccumulator) -> _TileObjects:
     """One tile's object counts under the settings of ``acc`` (read only, nothing is added to it)."""
     ious, min_px, merge_px = acc.iou_thresholds, acc.min_object_px, acc.merge_distance_px
+    gt = obj.gt_components(label, min_object_px=min_px)
     if merge_px > 1:
         grid = obj.grid_object_counts_reference(p, label, acc.grid, ious, min_object_px=min_px, merge_distance_px=merge_px)
     else:
-        grid = obj.grid_object_counts(p, label, acc.grid, ious, min_object_px=min_px)
+        grid = obj.grid_object_counts(p, label, acc.grid, ious, min_object_px=min_px, gt=gt)
     pred = obj.pred_components(p, label, acc.operating_threshold, min_object_px=min_px, merge_distance_px=merge_px)
-    gt = obj.gt_components(label, min_object_px=min_px)
     inter = obj.intersections(pred, gt)
     iou = obj.iou_from_intersections(inter, pred.area, gt.area)
     order = obj.score_order(pred.score)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numba
 from scipy import ndimage as ndi
 
 from rts.io import IGNORE, PIXEL_SIZE_M
@@ -106,10 +107,12 @@ def pred_components(
         grown = ndi.binary_dilation(mask, structure=np.ones((merge_distance_px, merge_distance_px), bool))
         group = ndi.label(grown, structure=EIGHT)[0]
     lab, n = _raster_ordered_label(mask, group)
-    ign = label == IGNORE
-    size = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    n_ign = np.bincount(lab.ravel(), weights=ign.ravel(), minlength=n + 1)[1:].astype(np.int64)
-    psum = np.bincount(lab.ravel(), weights=np.asarray(prob, dtype=np.float64).ravel(), minlength=n + 1)[1:]
+    # only the labelled pixels, still in raster order: the same sums as over the whole tile
+    on = np.flatnonzero(lab)
+    lab_on = lab.ravel()[on]
+    size = np.bincount(lab_on, minlength=n + 1)[1:]
+    n_ign = np.bincount(lab_on, weights=np.asarray(label).ravel()[on] == IGNORE, minlength=n + 1)[1:].astype(np.int64)
+    psum = np.bincount(lab_on, weights=np.asarray(prob, dtype=np.float64).ravel()[on], minlength=n + 1)[1:]
     keep = (size >= min_object_px) & (2 * n_ign < size)
     return Components(
         labels=_relabel(lab, keep),
@@ -290,62 +293,6 @@ def grid_object_counts_reference(
     return out
 
 
-def _find(parent: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Union-find roots of ``x`` (vectorised pointer chasing), compressing the paths of ``x``."""
-    r = parent[x]
-    while True:
-        rr = parent[r]
-        if np.array_equal(rr, r):
-            break
-        r = rr
-    parent[x] = r
-    return r
-
-
-# 8-neighbour offsets (row, col); the first four are the "forward" half
-_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1), (0, -1), (-1, 1), (-1, 0), (-1, -1))
-_FORWARD = np.array([True] * 4 + [False] * 4)
-
-
-def _level_edges(new: np.ndarray, lev: int, qpad: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Edges that become active at level ``lev``: from each new pixel to its on neighbours.
-
-    ``qpad`` is the level image padded by one pixel of level -1, so no bounds checks are needed.
-    A neighbour on at a higher level gives an edge once (only this side is new); a neighbour that
-    is new too would give it twice, so only the forward half of the offsets keeps those.
-    """
-    wp = w + 2
-    offs = np.array([dr * w + dc for dr, dc in _NEIGHBOURS], dtype=np.int64)
-    offs_pad = np.array([dr * wp + dc for dr, dc in _NEIGHBOURS], dtype=np.int64)
-    centre = new + 2 * (new // w) + wp + 1  # index in the padded image
-    qn = qpad[centre[:, None] + offs_pad[None, :]]
-    keep = (qn > lev) | ((qn == lev) & _FORWARD[None, :])
-    rows, cols = np.nonzero(keep)
-    a = new[rows]
-    return a, a + offs[cols]
-
-
-def _components_of_pairs(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
-    """Connected components of a small graph on nodes 0..n-1: each node's smallest member.
-
-    Shiloach-Vishkin style hooking and pointer jumping in numpy; for the few hundred to few
-    thousand nodes of one level this is several times faster than building a scipy sparse matrix.
-    """
-    lab = np.arange(n, dtype=np.int64)
-    while True:
-        lu, lv = lab[u], lab[v]
-        differ = lu != lv
-        if not differ.any():
-            return lab
-        lu, lv = lu[differ], lv[differ]
-        np.minimum.at(lab, np.maximum(lu, lv), np.minimum(lu, lv))
-        while True:
-            nxt = lab[lab]
-            if np.array_equal(nxt, lab):
-                break
-            lab = nxt
-
-
 def _grid_levels(prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Number of grid thresholds <= p for every pixel (exactly ``searchsorted(..., 'right')``)."""
     n = thresholds.size
@@ -359,164 +306,263 @@ def _grid_levels(prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.searchsorted(thresholds, prob, side="right").astype(np.int32)
 
 
-def _runs_by_level(levels: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable order of items by level, and the start offset of each level 0..n_levels."""
-    # 16-bit keys make numpy use a radix sort: linear in the number of items
-    key = levels.astype(np.uint16) if n_levels < 65535 else levels
-    order = np.argsort(key, kind="stable")
-    starts = np.searchsorted(key[order], np.arange(n_levels + 2))
-    return order, starts
+@numba.njit(cache=True, nogil=True)
+def _grid_levels_compiled(prob: np.ndarray, thresholds: np.ndarray, uniform: bool) -> np.ndarray:
+    """:func:`_grid_levels` in one compiled pass over (H, W) ``prob`` (same values, tested)."""
+    h, w = prob.shape
+    n = thresholds.size
+    q = np.empty((h, w), np.int32)
+    for r in range(h):
+        for c in range(w):
+            p = prob[r, c]
+            if uniform:
+                # floor(p * n), then the same corrections as _grid_levels: t_ext = [-inf, t..., inf]
+                k = int(max(min(np.floor(p * n), float(n)), 0.0))  # p is in [0, 1]; memory-safe anyway
+                if k >= 1 and p < thresholds[k - 1]:
+                    k -= 1
+                if k < n and p >= thresholds[k]:
+                    k += 1
+            else:
+                k = np.searchsorted(thresholds, p, side="right")
+            q[r, c] = k
+    return q
 
 
-def _unique(x: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values of ``x`` (unsorted) and the inverse index, in O(len(x)) without sorting.
+# A score gap this small (times the two components' pixel counts, plus one) may be a rounding
+# artefact of summing probabilities in union order: such levels recompute the sums in raster order.
+# The sum of n values in [0, 1] in any order is within n * 2**-53 * n of the exact sum, so the
+# mean is within n * 1.1e-16; 1e-15 per pixel leaves a factor of 4 for both paths and the division.
+_TIE_TOLERANCE = 1e-15
 
-    ``scratch`` is an int64 array indexable by every value of ``x``; its content is clobbered.
+
+@numba.njit(cache=True, nogil=True)
+def _find_root(parent: np.ndarray, x: int) -> int:
+    """Root of ``x`` with path halving."""
+    while True:
+        px = parent[x]
+        if px == x:
+            return x
+        ppx = parent[px]
+        if ppx == px:  # most lookups end here: no write
+            return px
+        parent[x] = ppx
+        x = ppx
+
+
+@numba.njit(cache=True, nogil=True)
+def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out):  # noqa: C901
+    """The union-find pass of :func:`grid_object_counts` (see there); fills ``out`` (G, n_iou, 3).
+
+    ``q`` (H, W) level per pixel, ``prob`` (H, W) float64, ``ign`` (H, W) 1 on label 255, ``gl``
+    (H, W) ground-truth object id per pixel (0 outside), ``gt_area`` their areas. The forest lives
+    on the image padded by one never-on pixel, so neighbours need no bounds checks.
     """
-    pos = np.arange(x.size, dtype=np.int64)
-    scratch[x] = pos
-    uniq = x[scratch[x] == pos]  # the occurrence that won the write stands for all copies
-    scratch[uniq] = np.arange(uniq.size, dtype=np.int64)
-    return uniq, scratch[x]
-
-
-_LABEL_PATH_DIVISOR = 64  # levels adding >= H*W/64 pixels are relabelled whole
-
-
-@dataclass
-class _PixelForest:
-    """Union-find over the pixels of one tile, with the statistics of the component at each root."""
-
-    parent: np.ndarray  # (H*W,) int64 union-find parent
-    size: np.ndarray  # pixels of the component rooted here
-    ign: np.ndarray  # its pixels labelled 255
-    psum: np.ndarray  # its probability sum
-    first: np.ndarray  # its first pixel in raster order
-    # overlap of the component rooted at each pixel with each ground-truth object; has_gt marks
-    # roots with any overlap, so merges touch the (n_gt, H*W) table only where it matters
-    inter: np.ndarray  # (n_gt, H*W) int32
-    has_gt: np.ndarray
-    scratch: np.ndarray  # workspace of _unique
-    ign_px: np.ndarray  # float64 1 on pixels labelled 255
-    any_ignore: bool
-    p_px: np.ndarray  # probability per pixel
-    gl: np.ndarray  # ground-truth object id per pixel, 0 outside objects
-    gpix: np.ndarray  # pixels inside ground-truth objects
-    n_gt: int
-
-
-def _tile_forest(prob: np.ndarray, label: np.ndarray, gt: Components) -> _PixelForest:
-    """The forest of one tile before any pixel is on: every pixel its own one-pixel component."""
-    n_pix = prob.size
-    ign_px = (np.asarray(label).ravel() == IGNORE).astype(np.float64)
-    ign = ign_px.astype(np.int64)
-    p_px = prob.ravel()
-    inter = np.zeros((gt.n, n_pix), dtype=np.int32)
-    gl = gt.labels.ravel()
-    gpix = np.flatnonzero(gl)
-    inter[gl[gpix] - 1, gpix] = 1
-    return _PixelForest(
-        parent=np.arange(n_pix, dtype=np.int64), size=np.ones(n_pix, dtype=np.int64), ign=ign, psum=p_px.copy(),
-        first=np.arange(n_pix, dtype=np.int64), inter=inter, has_gt=gl > 0, scratch=np.zeros(n_pix, dtype=np.int64),
-        ign_px=ign_px, any_ignore=bool(ign.any()), p_px=p_px, gl=gl, gpix=gpix, n_gt=gt.n,
-    )
-
-
-def _relabel_level(f: _PixelForest, on: np.ndarray, min_object_px: int) -> np.ndarray:
-    """Rebuild the forest from one ``ndimage.label`` of the ``on`` mask; returns the big roots."""
-    lab, n_lab = ndi.label(on, structure=EIGHT)
-    lf = lab.ravel()
-    on_idx = np.flatnonzero(lf)
-    lab_on = lf[on_idx]
-    # ndimage numbers components by first pixel in raster order: first occurrences
-    is_first = np.empty(on_idx.size, dtype=bool)
-    is_first[0] = True
-    is_first[1:] = lab_on[1:] > np.maximum.accumulate(lab_on)[:-1]
-    rep_of = np.zeros(n_lab + 1, dtype=np.int64)
-    rep_of[1:] = on_idx[is_first]
-    rep = rep_of[1:]
-    f.parent[on_idx] = rep_of[lab_on]  # flattens every tree
-    f.size[rep] = np.bincount(lab_on, minlength=n_lab + 1)[1:]
-    if f.any_ignore:  # most tiles have no 255 pixels: skip a full-tile pass
-        f.ign[rep] = np.bincount(lf, weights=f.ign_px, minlength=n_lab + 1)[1:].astype(np.int64)
-    else:
-        f.ign[rep] = 0
-    f.psum[rep] = np.bincount(lf, weights=f.p_px, minlength=n_lab + 1)[1:]
-    f.first[rep] = rep
-    if f.n_gt:
-        n_gt = f.n_gt
-        g_lab = lf[f.gpix]
-        cnt = np.bincount(g_lab * n_gt + (f.gl[f.gpix] - 1), minlength=(n_lab + 1) * n_gt).reshape(n_lab + 1, n_gt)
-        f.inter[:, rep] = cnt[1:].T
-        f.has_gt[rep] = cnt[1:].any(axis=1)
-    return rep[f.size[rep] >= min_object_px]
-
-
-def _merge_roots(f: _PixelForest, ra: np.ndarray, rb: np.ndarray) -> None:
-    """Union the components of distinct roots ``ra[i]``, ``rb[i]``, summing their statistics."""
-    nodes, inv = _unique(np.concatenate([ra, rb]), f.scratch)
-    m = ra.size
-    cc = _components_of_pairs(inv[:m], inv[m:], nodes.size)  # smallest member index
-    n_nodes = nodes.size
-    top = np.flatnonzero(cc == np.arange(n_nodes))
-    rep = nodes[top]
-    size_cc = np.bincount(cc, weights=f.size[nodes], minlength=n_nodes)[top].astype(np.int64)
-    ign_cc = np.bincount(cc, weights=f.ign[nodes], minlength=n_nodes)[top].astype(np.int64)
-    psum_cc = np.bincount(cc, weights=f.psum[nodes], minlength=n_nodes)[top]
-    first_cc = np.full(n_nodes, f.parent.size, dtype=np.int64)
-    np.minimum.at(first_cc, cc, f.first[nodes])
-    g_nodes = f.has_gt[nodes]
-    if f.n_gt and g_nodes.any():
-        n_gt = f.n_gt
-        sub = f.inter[:, nodes[g_nodes]]
-        key = cc[g_nodes][None, :] * n_gt + np.arange(n_gt)[:, None]
-        acc = np.bincount(key.ravel(), weights=sub.ravel(), minlength=n_nodes * n_gt).reshape(n_nodes, n_gt)
-        touched = np.unique(cc[g_nodes])
-        f.inter[:, nodes[touched]] = acc[touched].T.astype(np.int32)
-        f.has_gt[nodes[touched]] = True
-    f.parent[nodes] = nodes[cc]
-    f.size[rep], f.ign[rep], f.psum[rep], f.first[rep] = size_cc, ign_cc, psum_cc, first_cc[top]
-
-
-def _union_level(f: _PixelForest, new: np.ndarray, lev: int, qpad: np.ndarray, w: int, big: np.ndarray,
-                 min_object_px: int) -> np.ndarray:
-    """Add the ``new`` pixels of level ``lev`` by union along their edges; returns the big roots."""
-    a, b = _level_edges(new, lev, qpad, w)
-    if a.size:
-        ra = _find(f.parent, a)
-        rb = _find(f.parent, b)
-        diff = ra != rb
-        if diff.any():
-            _merge_roots(f, ra[diff], rb[diff])
-    # sizes only grow, so a big component stays big; new or grown ones hold a new pixel
-    new_roots = _find(f.parent, new)
-    new_roots = new_roots[f.size[new_roots] >= min_object_px]
-    big, _ = _unique(np.concatenate([_find(f.parent, big), new_roots]), f.scratch)
-    return big
-
-
-def _count_level(counts: np.ndarray, f: _PixelForest, big: np.ndarray, gt_area: np.ndarray,
-                 iou_thresholds: tuple[float, ...]) -> None:
-    """Fill ``counts`` (n_iou, 3) with TP/FP/FN of the predicted objects at the big roots ``big``."""
-    roots = big[2 * f.ign[big] < f.size[big]]
-    n_pred = roots.size
-    n_gt = f.n_gt
-    counts[:, 0] = 0
-    counts[:, 1] = n_pred
-    counts[:, 2] = n_gt
-    if n_gt == 0 or n_pred == 0:
-        return
-    touch_roots = roots[f.has_gt[roots]]
-    if touch_roots.size == 0:
-        return
-    iou = iou_from_intersections(
-        f.inter[:, touch_roots].T.astype(np.float64), (f.size[touch_roots] - f.ign[touch_roots]).astype(np.float64), gt_area
-    )
-    score = f.psum[touch_roots] / f.size[touch_roots]
-    order = np.lexsort((f.first[touch_roots], -score))
-    for mi, tau in enumerate(iou_thresholds):
-        tp = len(greedy_match(iou, order, tau))
-        counts[mi] = (tp, n_pred - tp, n_gt - tp)
+    h, w = q.shape
+    wp = w + 2
+    n = (h + 2) * wp
+    n_gt = gt_area.size
+    n_iou = ious.size
+    # on pixels by level (counting sort), as padded and as raster indices
+    starts = np.zeros(n_levels + 2, np.int64)
+    for r in range(h):
+        for c in range(w):
+            starts[q[r, c] + 1] += 1
+    for lev in range(n_levels + 1):
+        starts[lev + 1] += starts[lev]
+    fill = starts.copy()
+    order = np.empty(h * w, np.int32)  # raster index
+    order_pad = np.empty(h * w, np.int32)  # padded index
+    for r in range(h):
+        for c in range(w):
+            lv = q[r, c]
+            order[fill[lv]] = r * w + c
+            order_pad[fill[lv]] = (r + 1) * wp + c + 1
+            fill[lv] += 1
+    offs = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int64)
+    parent = np.full(n, -1, np.int32)  # -1: pixel not on (yet, or padding)
+    # per root: pixels, pixels on label 255, its row of overlap counts (-1: no ground truth)
+    stat = np.zeros((n, 3), np.int32)
+    psum = np.zeros(n, np.float64)
+    prob_f = prob.ravel()
+    ign_f = ign.ravel()
+    gl_f = gl.ravel()
+    cap = 64
+    inter = np.zeros((cap, max(n_gt, 1)), np.int64)
+    slot_root = np.full(cap, -1, np.int32)
+    free = np.empty(cap, np.int32)
+    n_free = 0
+    high = 0  # slots used so far
+    n_kept = 0  # components with >= min_px pixels, less than half of them on label 255
+    have_prev = False
+    for lev in range(n_levels, 0, -1):
+        k = lev - 1
+        s, e = starts[lev], starts[lev + 1]
+        if s == e:
+            if have_prev:
+                out[k] = out[k + 1]
+            continue
+        have_prev = True
+        for idx in range(s, e):
+            po = order[idx]
+            p = order_pad[idx]
+            parent[p] = p
+            stat[p, 0] = 1
+            stat[p, 1] = ign_f[po]
+            stat[p, 2] = -1
+            psum[p] = prob_f[po]
+            g = gl_f[po]
+            if g > 0:
+                if n_free > 0:
+                    n_free -= 1
+                    sl = free[n_free]
+                else:
+                    if high == cap:
+                        cap *= 2
+                        grown = np.zeros((cap, inter.shape[1]), np.int64)
+                        grown[:high] = inter
+                        inter = grown
+                        sr = np.full(cap, -1, np.int32)
+                        sr[:high] = slot_root
+                        slot_root = sr
+                        fr = np.empty(cap, np.int32)
+                        fr[:n_free] = free[:n_free]
+                        free = fr
+                    sl = high
+                    high += 1
+                inter[sl, g - 1] = 1
+                slot_root[sl] = p
+                stat[p, 2] = sl
+            if min_px <= 1 and stat[p, 1] == 0:
+                n_kept += 1
+            a = p  # the root of p's component, kept up to date through the unions
+            for o in offs:
+                nb = p + o
+                b = parent[nb]
+                if b < 0 or b == a:  # off, or a direct child of p's root
+                    continue
+                b = _find_root(parent, b)
+                if a == b:
+                    continue
+                sa = stat[a, 0]
+                sb = stat[b, 0]
+                if sa >= min_px and 2 * stat[a, 1] < sa:
+                    n_kept -= 1
+                if sb >= min_px and 2 * stat[b, 1] < sb:
+                    n_kept -= 1
+                if sa < sb:
+                    a, b = b, a
+                parent[b] = a
+                stat[a, 0] += stat[b, 0]
+                stat[a, 1] += stat[b, 1]
+                psum[a] += psum[b]
+                slb = stat[b, 2]
+                if slb >= 0:
+                    sla = stat[a, 2]
+                    if sla >= 0:
+                        for j in range(n_gt):
+                            inter[sla, j] += inter[slb, j]
+                            inter[slb, j] = 0
+                        slot_root[slb] = -1
+                        free[n_free] = slb
+                        n_free += 1
+                    else:
+                        stat[a, 2] = slb
+                        slot_root[slb] = a
+                if stat[a, 0] >= min_px and 2 * stat[a, 1] < stat[a, 0]:
+                    n_kept += 1
+        # counts at grid index k
+        n_pred = n_kept
+        for m in range(n_iou):
+            out[k, m, 0] = 0
+            out[k, m, 1] = n_pred
+            out[k, m, 2] = n_gt
+        if n_gt == 0 or n_pred == 0:
+            continue
+        n_touch = 0
+        for sl in range(high):
+            rt = slot_root[sl]
+            if rt >= 0 and stat[rt, 0] >= min_px and 2 * stat[rt, 1] < stat[rt, 0]:
+                n_touch += 1
+        if n_touch == 0:
+            continue
+        roots = np.empty(n_touch, np.int64)
+        i = 0
+        for sl in range(high):
+            rt = slot_root[sl]
+            if rt >= 0 and stat[rt, 0] >= min_px and 2 * stat[rt, 1] < stat[rt, 0]:
+                roots[i] = rt
+                i += 1
+        score = np.empty(n_touch, np.float64)
+        for i in range(n_touch):
+            score[i] = psum[roots[i]] / stat[roots[i], 0]
+        rank = np.argsort(-score)
+        close = False
+        for i in range(n_touch - 1):
+            ra = roots[rank[i]]
+            rb = roots[rank[i + 1]]
+            if score[rank[i]] - score[rank[i + 1]] <= tie_tol * (stat[ra, 0] + stat[rb, 0] + 1):
+                close = True
+                break
+        if close:
+            # the reference's scores: sums over each component in raster order; the first pixel
+            # found is the component's first in raster order, which breaks exact ties
+            mark = np.full(n_touch, -1, np.int64)
+            pos = np.empty(n_touch, np.int64)  # rank of raster first pixel
+            exact = np.zeros(n_touch, np.float64)
+            for i in range(n_touch):
+                stat[roots[i], 2] = -2 - i  # flag, restored below
+            n_seen = 0
+            for r in range(h):
+                for c in range(w):
+                    p = (r + 1) * wp + c + 1
+                    if parent[p] < 0:
+                        continue
+                    rt = _find_root(parent, p)
+                    t = stat[rt, 2]
+                    if t <= -2:
+                        i = -2 - t
+                        if mark[i] < 0:
+                            mark[i] = 1
+                            pos[i] = n_seen
+                            n_seen += 1
+                        exact[i] += prob[r, c]
+            for i in range(n_touch):
+                stat[roots[i], 2] = -1
+                score[i] = exact[i] / stat[roots[i], 0]
+            # restore the slots
+            for sl in range(high):
+                rt = slot_root[sl]
+                if rt >= 0:
+                    stat[rt, 2] = sl
+            by_first = np.argsort(pos)
+            rank = by_first[np.argsort(-score[by_first], kind="mergesort")]  # stable: ties by first pixel
+        taken = np.zeros(n_gt, np.bool_)
+        for m in range(n_iou):
+            tau = ious[m]
+            taken[:] = False
+            tp = 0
+            for i in range(n_touch):
+                rt = roots[rank[i]]
+                sl = stat[rt, 2]
+                area = stat[rt, 0] - stat[rt, 1]
+                best = -1.0
+                best_j = -1
+                for j in range(n_gt):
+                    if taken[j]:
+                        v = -1.0
+                    else:
+                        x = inter[sl, j]
+                        union = area + gt_area[j] - x
+                        v = x / union if union > 0 else 0.0
+                    if v >= best:  # the last of equal maxima, like greedy_match
+                        best = v
+                        best_j = j
+                if best >= tau and best > 0:
+                    taken[best_j] = True
+                    tp += 1
+            out[k, m, 0] = tp
+            out[k, m, 1] = n_pred - tp
+            out[k, m, 2] = n_gt - tp
 
 
 def grid_object_counts(
@@ -526,53 +572,34 @@ def grid_object_counts(
     iou_thresholds: tuple[float, ...],
     *,
     min_object_px: int = 200,
+    gt: Components | None = None,
 ) -> np.ndarray:
     """(G, n_iou, 3) TP/FP/FN at every grid threshold of one tile, in one pass.
 
     Pixels are added in descending probability, one grid level at a time (all pixels with
-    ``thresholds[k] <= p < thresholds[k+1]`` together), into a union-find over pixels. A level
-    that adds few pixels unions along the 8-neighbour edges it activates (components of the
-    touched roots by vectorised hooking); a level that adds many pixels (>= H*W/64) is
-    relabelled whole with one ``ndimage.label``. Component size, ignore count, probability sum,
-    first pixel and overlap with each ground-truth object are carried along, so each level is
-    evaluated from counts. Gives the same counts as :func:`grid_object_counts_reference`.
-    Memory: a few H x W arrays plus one int32 H x W array per ground-truth object of the tile.
+    ``thresholds[k] <= p < thresholds[k+1]`` together), into a compiled (numba) union-find over
+    pixels with union by size and path halving. Each component carries its size, ignore count,
+    probability sum, first pixel and overlap with each ground-truth object, so each level is
+    evaluated from counts; the components that overlap no ground truth are only counted.
+    Gives the same counts as :func:`grid_object_counts_reference` (property-tested): where two
+    scores are close enough for the summation order to matter, the level recomputes them in the
+    reference's order. Memory: a few H x W arrays plus one row of n_gt counts per component that
+    holds ground-truth pixels. ``gt``: the tile's :func:`gt_components` at ``min_object_px``, when
+    the caller has them already.
     """
-    prob = np.asarray(prob, dtype=np.float64)
-    h, w = prob.shape
+    prob = np.ascontiguousarray(prob, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     n_levels = thresholds.size
     out = np.zeros((n_levels, len(iou_thresholds), 3), dtype=np.int64)
-
-    gt = gt_components(label, min_object_px=min_object_px)
+    if gt is None:
+        gt = gt_components(label, min_object_px=min_object_px)
     out[:, :, 2] = gt.n  # everything missed until something is predicted
-    gt_area = gt.area.astype(np.float64)
-
-    # level q = number of grid thresholds <= p: the pixel is on at grid index k iff q >= k + 1
-    q = _grid_levels(prob, thresholds)
-    qf = q.ravel()
-    on = np.flatnonzero(qf)
-    if on.size == 0:
-        return out
-    pix_order, pix_starts = _runs_by_level(qf[on], n_levels)
-    pix_by_level = on[pix_order]
-    qpad = np.pad(q, 1, constant_values=-1).ravel()
-
-    forest = _tile_forest(prob, label, gt)
-    big = np.zeros(0, dtype=np.int64)  # roots of components with >= min_object_px pixels
-    have_prev = False
-    label_path_min = max(1, h * w // _LABEL_PATH_DIVISOR)
-    for lev in range(n_levels, 0, -1):
-        k = lev - 1
-        new = pix_by_level[pix_starts[lev] : pix_starts[lev + 1]]
-        if new.size == 0:
-            if have_prev:
-                out[k] = out[k + 1]
-            continue
-        have_prev = True
-        if new.size >= label_path_min:
-            big = _relabel_level(forest, q >= lev, min_object_px)
-        else:
-            big = _union_level(forest, new, lev, qpad, w, big, min_object_px)
-        _count_level(out[k], forest, big, gt_area, iou_thresholds)
+    n = thresholds.size
+    uniform = bool(np.array_equal(thresholds, np.arange(1, n + 1, dtype=np.float64) / n))
+    q = _grid_levels_compiled(prob, thresholds, uniform)
+    _grid_kernel(
+        np.ascontiguousarray(q, dtype=np.int32), prob, (np.asarray(label) == IGNORE).view(np.uint8),
+        np.ascontiguousarray(gt.labels, dtype=np.int32), gt.area.astype(np.int64), n_levels,
+        int(min_object_px), np.asarray(iou_thresholds, dtype=np.float64), _TIE_TOLERANCE, out,
+    )
     return out
