@@ -207,6 +207,57 @@ def inference_projection(*, area_km2: float, tile_size: int, stride: int, n_scal
     }
 
 
+def inference_job(inference: dict[str, Any], *, passes_per_s: float, write_mpx_per_s: float, write_workers: int, shards: int,
+                  price_per_gpu_hour: float) -> dict[str, Any]:
+    """Wall time and cost of a sharded ``rts predict`` job (one GPU per shard) from measured rates.
+
+    ``passes_per_s``: passes per second of one shard at the job's scales x TTA (``rts predict``'s
+    run log: passes over ``timing.passes_s``); ``write_mpx_per_s``: output megapixels per second of
+    one write worker (pixels over ``timing.finalize_s``: COGs, overviews, polygons). A shard's writes
+    overlap its next region's passes, so its wall time is the slower of the two; shards are balanced
+    by passes to one tile row, so the job's wall time is a shard's.
+    """
+    if passes_per_s <= 0 or write_mpx_per_s <= 0 or write_workers < 1 or shards < 1:
+        raise EstimateError(f"inference job: need pass and write rates > 0, >= 1 write worker and shard; got {passes_per_s}, "
+                            f"{write_mpx_per_s}, {write_workers}, {shards}")
+    pixels = inference["area_km2"] * 1e6 / inference["pixel_size_m"] ** 2
+    pass_h = inference["tile_passes"] / shards / passes_per_s / 3600
+    write_h = pixels / 1e6 / shards / (write_mpx_per_s * write_workers) / 3600
+    wall_h = max(pass_h, write_h)
+    gpu_hours = wall_h * shards
+    return {"shards": shards, "passes_per_s_per_shard": passes_per_s, "write_mpx_per_s_per_worker": write_mpx_per_s,
+            "write_workers": write_workers, "megapixels": pixels / 1e6, "passes_hours": pass_h, "writes_hours": write_h,
+            "wall_hours": wall_h, "bound": "writes" if write_h > pass_h else "passes", "gpu_hours": gpu_hours,
+            "cost": gpu_hours * price_per_gpu_hour,
+            "write_workers_to_keep_up": math.ceil(pixels / 1e6 / shards / write_mpx_per_s / 3600 / pass_h)}
+
+
+def rates_from_run_log(path: str | Path) -> tuple[float, float]:
+    """(passes/s, output Mpx/s) measured by an ``rts predict`` run: its regions' passes run over
+    ``timing.passes_s``, and their output pixels over ``timing.finalize_s``."""
+    import rasterio
+
+    path = Path(path)
+    try:
+        log_ = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EstimateError(f"{path}: not a readable rts predict run log ({e})") from None
+    passes = seconds = px = write_s = 0.0
+    for r in log_.get("regions", []):
+        t = r.get("timing") or {}
+        if "passes_s" in t and r.get("tiles_run"):
+            passes += r["tiles_run"]
+            seconds += t["passes_s"]
+        if "finalize_s" in t and r.get("outputs"):
+            with rasterio.open(r["outputs"]["prob"]) as src:
+                px += src.width * src.height
+            write_s += t["finalize_s"]
+    if not seconds or not write_s:
+        raise EstimateError(f"{path}: no region with timed passes and writes; measure with a fresh rts predict run "
+                            "(a resumed or skipped region has no timing)")
+    return passes / seconds, px / 1e6 / write_s
+
+
 # ------------------------------------------------------------------------------ the whole projection
 
 
@@ -434,6 +485,7 @@ def format_table(result: dict[str, Any]) -> str:
                  f"~{_range(t['cost']['expected'], t['cost']['max'], ',.0f', '$')} |")
     inf = result["inference"]
     lines.append(f"| Pan-Arctic inference | {inf['node_hours']:,.1f} | ${inf['cost']:,.0f} |")
+    job = result.get("inference_job")
     tot = result["total"]
     lines.append(f"| **Total** | {_range(tot['node_hours']['expected'], tot['node_hours']['max'], ',.1f')} | "
                  f"{_range(tot['cost']['expected'], tot['cost']['max'], ',.0f', '$')} |")
@@ -444,6 +496,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"Inference: {inf['tile_locations']:,} tile locations ({inf['area_km2']:,.0f} km²) x {inf['passes_per_location']:g} passes "
         f"x {inf['n_scales']} scales x {inf['tta_views']} TTA views = {inf['forwards']:,} forwards "
         f"at {inf['infer_tiles_per_s']:g}/s per GPU.",
+        *([f"Sharded job: {job['shards']} shards (1 GPU each) at {job['passes_per_s_per_shard']:g} passes/s and "
+           f"{job['write_workers']} x {job['write_mpx_per_s_per_worker']:g} Mpx/s of writes: passes {job['passes_hours']:,.1f} h, "
+           f"writes {job['writes_hours']:,.1f} h, wall time {job['wall_hours']:,.1f} h ({job['bound']}-bound), "
+           f"{job['gpu_hours']:,.0f} GPU-hours, ${job['cost']:,.0f}; {job['write_workers_to_keep_up']} write worker(s) per shard keep up "
+           "with the passes."] if job else []),
         "",
         "| Category | Allocation | Projected | Status |",
         "|----------|------------|-----------|--------|",

@@ -27,6 +27,8 @@ from rts.estimate import (
     Throughput,
     estimate,
     format_table,
+    inference_job,
+    rates_from_run_log,
     read_profile,
 )
 from rts.io import write_json_atomic
@@ -70,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=None, help="inference stride in px (default tile_size / 2)")
     parser.add_argument("--scales", type=float, nargs="+", default=None, help="inference scales (default evaluate.scales)")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), default=None, help="inference TTA (default evaluate.tta)")
+    job = parser.add_argument_group("sharded inference job (rts predict --shard): wall time and cost from measured rates")
+    job.add_argument("--shards", type=int, help="shards of the job, one GPU each")
+    job.add_argument("--passes-per-s", type=float, help="passes/s of one shard at the job's scales x TTA (rts predict run log)")
+    job.add_argument("--write-mpx-per-s", type=float, help="output Mpx/s of one write worker (rts predict run log)")
+    job.add_argument("--write-workers", type=int, default=1, help="write workers per shard (--finalize-workers)")
+    job.add_argument("--predict-log", type=Path, help="rts predict run_log.json to take both rates from")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
     parser.add_argument("--training-allocation", type=float, default=DEFAULT_TRAINING_ALLOCATION)
     parser.add_argument("--inference-allocation", type=float, default=DEFAULT_INFERENCE_ALLOCATION)
@@ -101,6 +109,16 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.profile is not None:
         result["assumptions"]["profile"] = {"path": str(args.profile), **prof}
+    if args.shards is not None:
+        passes, writes = args.passes_per_s, args.write_mpx_per_s
+        if args.predict_log is not None:
+            measured = rates_from_run_log(args.predict_log)
+            passes, writes = passes or measured[0], writes or measured[1]
+        if passes is None or writes is None:
+            raise ConfigError("--shards: give the measured rates, --passes-per-s and --write-mpx-per-s (or --predict-log RUN_LOG)")
+        result["inference_job"] = inference_job(result["inference"], passes_per_s=passes, write_mpx_per_s=writes,
+                                                write_workers=args.write_workers, shards=args.shards,
+                                                price_per_gpu_hour=args.price_per_gpu_hour)
     print(format_table(result))
     if args.out is not None:
         write_json_atomic(args.out, result)
