@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--finalize-workers", type=int, default=1,
                         help="threads writing a finished scene's COGs and polygons while the next scene's passes run "
                              "(default 1; 0: write before starting the next)")
+    parser.add_argument("--write-processes", action="store_true",
+                        help="the --finalize-workers are processes, not threads: output writes do not share the GIL with the passes")
     parser.add_argument("--keep-work", action="store_true", help="keep the accumulators in OUT/.work after success")
     parser.add_argument("--min-object-px", type=int, default=EvaluateConfig.min_object_px,
                         help="smallest object in pixels for the --labels metric, as evaluate.min_object_px")
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride, batch_size=args.batch_size, num_workers=args.workers, blocksize=args.blocksize,
         keep_work=args.keep_work, min_object_px=args.min_object_px, iou=args.iou,
         susceptibility=args.susceptibility, min_likelihood=args.min_likelihood, finalize_workers=args.finalize_workers,
-        rgb_bands=rgb_bands, shard=shard,
+        rgb_bands=rgb_bands, shard=shard, write_processes=args.write_processes,
     )
     log.info("%d passes, %d skipped (nodata), %d RTS (%.0f m2), %d error(s); log: %s", run_log["tiles_processed"],
              run_log["tiles_skipped_nodata"], run_log["rts_count"], run_log["total_rts_area_m2"], len(run_log["errors"]),

@@ -30,7 +30,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -635,6 +636,14 @@ def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathL
         state.close(delete=False)
         lock.release()
         raise
+    if isinstance(finisher, ProcessPoolExecutor):
+        # a write worker process maps the accumulators itself; this process keeps the region's lock until it is done
+        state.close(delete=False)
+        future = finisher.submit(_finish_in_worker, SimpleNamespace(scales=tuple(predictor.scales), tile_size=predictor.tile_size),
+                                 region, out_dir, entry, settings=settings, threshold=threshold, blocksize=blocksize,
+                                 keep_work=keep_work, min_object_px=min_object_px, iou=iou, susceptibility=susceptibility)
+        future.add_done_callback(lambda _: lock.release())
+        return future
     finish = functools.partial(_finish_region, predictor, region, state, out_dir, entry, settings=settings, threshold=threshold,
                                blocksize=blocksize, keep_work=keep_work, min_object_px=min_object_px, iou=iou, lock=lock)
     if finisher is None:
@@ -672,6 +681,39 @@ def _finish_region(predictor: Predictor, region: Region, state: RegionState, out
         state.close(delete=entry.get("complete", False) and not keep_work)
         lock.release()
     return entry
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+def _ignore_sigterm() -> None:
+    """Write workers ignore SIGTERM (sent to every process of an engine's task): the main process
+    lets started writes finish before it stops (:class:`rts.inference.job.Preempted`)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def write_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes writing finished regions' outputs (``--write-processes``): forkserver, as
+    the readers (:func:`reader_context`), so no GDAL lock of a writing thread is inherited."""
+    return ProcessPoolExecutor(workers, mp_context=reader_context(), initializer=_ignore_sigterm)
+
+
+def _finish_in_worker(predictor: SimpleNamespace, region: Region, out_dir: Path, entry: dict, **kwargs: Any) -> dict:
+    """:func:`_finish_region` in a write worker process: the accumulators are mapped from disk."""
+    work = Path(out_dir) / WORK_DIR / region.name
+    state = RegionState.__new__(RegionState)
+    state.work, state.manifest_path = work, work / "manifest.jsonl"
+    state.done = state._read_manifest()
+    shape = (region.height, region.width)
+    state.prob = np.memmap(work / "prob.f32", dtype=np.float32, mode="r+", shape=shape)
+    state.scale = np.memmap(work / "scale.u8", dtype=np.uint8, mode="r+", shape=shape)
+    susceptibility = SusceptibilityFilter.of(kwargs.pop("susceptibility"))
+    try:
+        return _finish_region(predictor, region, state, Path(out_dir), entry, susceptibility=susceptibility, lock=_NoLock(), **kwargs)
+    finally:
+        susceptibility.close()
 
 
 def predict_scene(predictor: Predictor, scene: str | os.PathLike, out_dir: str | os.PathLike, *, threshold: float,
@@ -729,7 +771,8 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
                 labels: list[str] = (), tiles: str | None = None, mosaic: str | None = None, scales: list[float] | None = None,
                 tta: str | None = None, threshold: float | None = None, ratio: int = 500, device: str = "cpu", amp: bool = False,
                 susceptibility: str | None = None, min_likelihood: float = 0.5, finalize_workers: int = 1,
-                rgb_bands: tuple[int, int, int] = RGB_BANDS, shard: ShardSpec | None = None, **kwargs: Any) -> dict:
+                rgb_bands: tuple[int, int, int] = RGB_BANDS, shard: ShardSpec | None = None, write_processes: bool = False,
+                **kwargs: Any) -> dict:
     """Everything ``rts predict`` does: load the package, predict each input, write the run log.
 
     A scene that cannot be opened or read is named in the log's ``errors`` and the run goes on.
@@ -738,6 +781,8 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
     ``finalize_workers``: threads writing finished regions' outputs while the next region's passes
     run (0: write each region before starting the next). At most this many regions wait for their
     writes at a time (their accumulators stay on disk until then). Outputs are identical either way.
+    ``write_processes``: the ``finalize_workers`` are processes, not threads (COGs, overviews,
+    polygons and object scores then run beside the prediction loop without sharing its GIL).
     ``rgb_bands``: the 1-based bands of every scene (or the mosaic) read as R, G, B (``--bands``).
     ``shard``: run only this shard's share of the inputs (``--shard``; :mod:`rts.inference.shard`),
     recorded in the job manifest ``OUT/.job/`` (:mod:`rts.inference.job`); the run log is then
@@ -839,7 +884,12 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
             status.region(name, "finished" if entry.get("complete", True) and not bad else "failed",
                           f"{len(bad)} error(s), first: {bad[0]}" if bad else None)
 
-    finisher = ThreadPoolExecutor(finalize_workers, thread_name_prefix="rts-finalize") if finalize_workers else None
+    if not finalize_workers:
+        finisher = None
+    elif write_processes:
+        finisher = write_pool(finalize_workers)
+    else:
+        finisher = ThreadPoolExecutor(finalize_workers, thread_name_prefix="rts-finalize")
     pending: deque[tuple[str, dict | Future, str]] = deque()
     preempted: Preempted | None = None
     outcome = "failed"
@@ -887,7 +937,8 @@ def run_predict(model: str | os.PathLike, out_dir: str | os.PathLike, *, scenes:
         "threshold": thr, "threshold_source": thr_source, "tile_size": predictor.tile_size,
         "stride": kwargs.get("stride") or predictor.tile_size // 2, "device": str(predictor.device),
         "device_name": torch.cuda.get_device_name(predictor.device) if predictor.device.type == "cuda" else "cpu",
-        "amp": amp, "options": {**{k: v for k, v in kwargs.items() if k != "stride"}, "finalize_workers": finalize_workers},
+        "amp": amp, "options": {**{k: v for k, v in kwargs.items() if k != "stride"}, "finalize_workers": finalize_workers,
+                                **({"write_processes": True} if write_processes else {})},
         "rgb_bands": list(rgb_bands),
         **{k: sum(r.get(k, 0) for r in regions) for k in keys},
         "regions": regions, "errors": errors, "wall_time_s": round(time.perf_counter() - t0, 3),
