@@ -370,22 +370,26 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
     for lev in range(n_levels + 1):
         starts[lev + 1] += starts[lev]
     fill = starts.copy()
-    order = np.empty(h * w, np.int32)  # raster index
-    order_pad = np.empty(h * w, np.int32)  # padded index
+    order_pad = np.empty(h * w, np.int32)  # padded index of the pixels, by level then raster order
     for r in range(h):
         for c in range(w):
             lv = q[r, c]
-            order[fill[lv]] = r * w + c
             order_pad[fill[lv]] = (r + 1) * wp + c + 1
             fill[lv] += 1
     offs = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int64)
     parent = np.full(n, -1, np.int32)  # -1: pixel not on (yet, or padding)
-    # per root: pixels, pixels on label 255, its row of overlap counts (-1: no ground truth)
+    # per root: pixels, pixels on label 255, its row of overlap counts (-1: no ground truth; before
+    # the pixel is on, -1 - g for a pixel of ground-truth object g). Filled in raster order up
+    # front: a pixel that is off is its own one-pixel component already, it only is not counted.
     stat = np.zeros((n, 3), np.int32)
     psum = np.zeros(n, np.float64)
-    prob_f = prob.ravel()
-    ign_f = ign.ravel()
-    gl_f = gl.ravel()
+    for r in range(h):
+        for c in range(w):
+            p = (r + 1) * wp + c + 1
+            stat[p, 0] = 1
+            stat[p, 1] = ign[r, c]
+            stat[p, 2] = -1 - gl[r, c]
+            psum[p] = prob[r, c]
     cap = 64
     inter = np.zeros((cap, max(n_gt, 1)), np.int64)
     slot_root = np.full(cap, -1, np.int32)
@@ -403,14 +407,9 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
             continue
         have_prev = True
         for idx in range(s, e):
-            po = order[idx]
             p = order_pad[idx]
             parent[p] = p
-            stat[p, 0] = 1
-            stat[p, 1] = ign_f[po]
-            stat[p, 2] = -1
-            psum[p] = prob_f[po]
-            g = gl_f[po]
+            g = -1 - stat[p, 2]
             if g > 0:
                 if n_free > 0:
                     n_free -= 1
@@ -432,6 +431,8 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
                 inter[sl, g - 1] = 1
                 slot_root[sl] = p
                 stat[p, 2] = sl
+            else:
+                stat[p, 2] = -1
             if min_px <= 1 and stat[p, 1] == 0:
                 n_kept += 1
             a = p  # the root of p's component, kept up to date through the unions
