@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or gives another (a resubmission of some tasks)")
     parser.add_argument("--stale-after", type=float, default=300.0,
                         help="status: seconds without a heartbeat after which a running shard on another host counts as lost")
-    parser.add_argument("--json", action="store_true", help="status: print the status as JSON")
+    parser.add_argument("--status-format", choices=("text", "json"), default="text", help="status: how to print it")
     parser.add_argument("--bands", "--rgb-bands", metavar="R,G,B",
                         help="1-based bands of red, green, blue in the scenes or mosaic, e.g. 3,2,1 for a PlanetScope "
                              "4-band BGRN scene (the bands must be uint8; default: 1,2,3 of a 3-band RGB file)")
@@ -76,7 +76,7 @@ def status(args: argparse.Namespace) -> int:
     if len(args.scenes) != 2:
         raise ConfigError("rts predict status OUT: give exactly one output folder (the --out of the job)")
     report = job_status(args.scenes[1], stale_after_s=args.stale_after)
-    print(json.dumps(report, indent=1) if args.json else format_status(report), flush=True)
+    print(json.dumps(report, indent=1) if args.status_format == "json" else format_status(report), flush=True)
     return 0 if report["complete"] else 1
 
 
