@@ -443,6 +443,7 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
                     continue
                 b = _find_root(parent, b)
                 if a == b:
+                    parent[nb] = a  # direct from now on: the next pixel's check ends above
                     continue
                 sa = stat[a, 0]
                 sb = stat[b, 0]
@@ -471,6 +472,7 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
                         slot_root[slb] = a
                 if stat[a, 0] >= min_px and 2 * stat[a, 1] < stat[a, 0]:
                     n_kept += 1
+                parent[nb] = a
         # counts at grid index k
         n_pred = n_kept
         for m in range(n_iou):
