@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("-j", "--jobs", type=int, help="experiments at a time (default: one per visible GPU; 2 without GPUs)")
     ap.add_argument("--gpus", type=gpu_list, help="device ids to hand out, e.g. 0,1,2,3, or none")
     ap.add_argument("--dry-run", action="store_true", help="list the experiments only")
+    ap.add_argument("--allow-dirty", action="store_true", help="run the committed HEAD although tracked files have uncommitted changes")
     args = ap.parse_args()
     phases = ORDER if args.phase == "all" else (args.phase,)
     if args.dry_run:
@@ -31,7 +32,7 @@ def main() -> int:
             for name, overrides in phase_experiments(phase, args.set):
                 print(name, " ".join(f"-S {o}" for o in overrides))
         return 0
-    runner = Runner(".", jobs=args.jobs, gpus=args.gpus)
+    runner = Runner(".", jobs=args.jobs, gpus=args.gpus, allow_dirty=args.allow_dirty)
     ok = True
     for phase in phases:
         print(f"== phase {phase}", flush=True)
@@ -40,6 +41,9 @@ def main() -> int:
         except Interrupted as e:
             print(summary(e.results), flush=True)
             return 128 + e.signum
+        except ValueError as e:  # the list or the workspace is refused before anything runs
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
         print(summary(results), flush=True)
         ok = ok and all(r.ok for r in results)
     return 0 if ok else 1

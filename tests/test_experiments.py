@@ -176,3 +176,28 @@ def test_the_readmes_experiment_commands_parse():
         assert args.command in ("run", "search", "folds", "seeds"), line
         if args.command == "run":
             assert args.phase or args.grid, line
+
+
+def test_the_runner_refuses_uncommitted_changes_it_would_leave_out(tmp_path):
+    """Every experiment runs a clone of the committed HEAD: a changed params.yaml or module would be
+    left out without a word, so the runner refuses, naming the files, unless told otherwise."""
+    import subprocess
+
+    from rts.experiments.runner import Experiment, Runner
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("train: {nproc: 1}\n")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    (tmp_path / "scratch.txt").write_text("untracked: not part of any experiment either way\n")
+    exps = [Experiment("e1", ["train.nproc=1"])]
+    Runner(tmp_path, gpus=[], say=lambda text: None).check(exps)  # clean: accepted
+    (tmp_path / "params.yaml").write_text("train: {nproc: 2}\n")
+    with pytest.raises(ValueError, match=r"uncommitted changes to params.yaml: every experiment runs the committed HEAD "
+                                         r"\([0-9a-f]{8}\), so they would be left out; commit them, or pass --allow-dirty"):
+        Runner(tmp_path, gpus=[], say=lambda text: None).check(exps)
+    Runner(tmp_path, gpus=[], say=lambda text: None, allow_dirty=True).check(exps)

@@ -85,3 +85,23 @@ def test_mlflow_gets_system_metrics_and_finite_values_only_and_the_sampler_stops
     assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics, sorted(metrics)
     assert {k for k in metrics if not k.startswith("system/")} == {"train/loss"}
     assert [m.step for m in _client(uri).get_metric_history(tracker.run_id, "train/loss")] == [3]
+
+
+@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (SystemExit(143), "KILLED"), (KeyboardInterrupt(), "KILLED"),
+                                            (RuntimeError("boom"), "FAILED")])
+def test_a_stopped_or_crashed_training_is_not_recorded_as_finished(tmp_path, monkeypatch, raised, status):
+    """MLflow's exit hook ended every run as FINISHED: a SIGTERM-stopped attempt (the runner, a
+    preemption) or a crash showed as a finished run beside its resumed or repeated one."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracker = Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment="rts", live_dir=str(tmp_path / "live"))
+    try:
+        with tracker.ending():
+            tracker.log_metrics({"train/loss": 0.5}, step=1)
+            if raised is not None:
+                raise raised
+            tracker.close()
+    except BaseException as e:  # noqa: BLE001 - re-raised by ending(), as it must be
+        assert e is raised
+    tracker.close()  # a second close does nothing
+    assert _client(uri).get_run(tracker.run_id).info.status == status

@@ -204,8 +204,25 @@ class Tracker:
         if self.mlflow:
             self.mlflow.log_text(text, name)
 
+    @contextlib.contextmanager
+    def ending(self):
+        """The block a run is recorded in: an exception ends the MLflow run as FAILED, and SIGTERM
+        (raised as SystemExit by the training loop) or Ctrl-C as KILLED, then goes on. Without it
+        MLflow's own exit hook ends every run as FINISHED, a stopped or crashed one too."""
+        try:
+            yield self
+        except (SystemExit, KeyboardInterrupt):
+            self.close("KILLED")
+            raise
+        except BaseException:
+            self.close("FAILED")
+            raise
+
     def close(self, status: str = "FINISHED") -> None:
+        """End the dvclive and MLflow records with ``status``; a second call does nothing."""
         if self.live:
             self.live.end()
+            self.live = None
         if self.mlflow:
             self.mlflow.end_run(status=status)
+            self.mlflow = None

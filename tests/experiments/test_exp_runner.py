@@ -119,9 +119,17 @@ def test_a_killed_runner_restarted_skips_what_finished_and_resumes_the_rest(grid
     for r in runs:
         by_name.setdefault(r.data.tags.get("dvc_exp_name"), []).append(r)
     names = set(exp_refs(repo))
-    assert set(by_name) == names and all(len(v) == 1 for v in by_name.values()), {k: len(v) for k, v in by_name.items()}
+    assert set(by_name) == names, sorted(by_name)
+    finished = {k: [r for r in v if r.info.status == "FINISHED"] for k, v in by_name.items()}
+    assert all(len(v) == 1 for v in finished.values()), {k: [r.info.status for r in v] for k, v in by_name.items()}
+    for name in grid_run["interrupted"] - grid_run["finished_first"]:
+        assert len(by_name[name]) == 1, name  # resumed from its checkpoint: the same MLflow run, continued
+    for name, runs_of in by_name.items():
+        # an experiment stopped before its first checkpoint started again: its stopped attempt is KILLED
+        stopped = [r.info.status for r in runs_of if r.info.status != "FINISHED"]
+        assert stopped == ["KILLED"] * len(stopped) and (not stopped or name not in grid_run["finished_first"]), (name, stopped)
     used = set()
-    for name, (r,) in by_name.items():
+    for name, (r,) in finished.items():
         log = (repo / RUNNER_DIR / "logs" / f"{name}.log").read_text()
         first_header = re.search(r"CUDA_VISIBLE_DEVICES='([^']*)'", log).group(1)
         assert r.data.params["cuda_visible_devices"] == first_header, (name, r.data.params.get("cuda_visible_devices"))

@@ -37,6 +37,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-j", "--jobs", type=int, help="experiments at a time (default: one per visible GPU; 2 without GPUs)")
     p.add_argument("--gpus", type=gpu_list, help="device ids to hand out, e.g. 0,1,2,3, or none (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
     p.add_argument("--repo", default=".", help="the DVC repository (default: the current one)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="run the committed HEAD although tracked files have uncommitted changes (refused otherwise)")
     p.add_argument("--json", dest="json_out", type=Path, help="write the results (status, ref, log) to this JSON file")
 
 
@@ -119,7 +121,7 @@ def run_and_report(runner: Runner, experiments: list[Experiment], json_out: Path
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runner = Runner(args.repo, jobs=args.jobs, gpus=args.gpus)
+        runner = Runner(args.repo, jobs=args.jobs, gpus=args.gpus, allow_dirty=args.allow_dirty)
         if args.command == "run":
             if args.phase:
                 exps = [Experiment(n, o) for n, o in phase_experiments(args.phase, args.set)]

@@ -208,7 +208,7 @@ class Runner:
     """
 
     def __init__(self, root: str | os.PathLike = ".", *, jobs: int | None = None, gpus: Sequence[str] | None = None,
-                 say: Callable[[str], None] | None = None, poll_s: float = 0.5):
+                 say: Callable[[str], None] | None = None, poll_s: float = 0.5, allow_dirty: bool = False):
         self.root = Path(git(Path(root), "rev-parse", "--show-toplevel").strip()).resolve()
         self.gpus = list(visible_gpus() if gpus is None else gpus)
         self.jobs = jobs or (len(self.gpus) if self.gpus else 2)
@@ -216,6 +216,7 @@ class Runner:
             raise ValueError(f"jobs must be at least 1, got {self.jobs}")
         self.say = say or (lambda text: print(text, flush=True))
         self.poll_s = poll_s
+        self.allow_dirty = allow_dirty
         self.dir = self.root / RUNNER_DIR
         self.baseline = git(self.root, "rev-parse", "HEAD").strip()
         self._head_params = yaml.safe_load(git(self.root, "show", f"{self.baseline}:params.yaml")) or {}
@@ -406,7 +407,17 @@ class Runner:
             os.close(run.lock_fd)
 
     # -- the list --------------------------------------------------------------------------------
+    def uncommitted(self) -> list[str]:
+        """Tracked files whose workspace content differs from HEAD: the experiments would run without it."""
+        out = git(self.root, "status", "--porcelain", "--untracked-files=no")
+        return sorted(line[3:] for line in out.splitlines() if line.strip())
+
     def check(self, experiments: Sequence[Experiment]) -> None:
+        changed = [] if self.allow_dirty else self.uncommitted()
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ValueError(f"uncommitted changes to {shown}: every experiment runs the committed HEAD ({self.baseline[:8]}), "
+                             "so they would be left out; commit them, or pass --allow-dirty to run HEAD without them")
         names = [e.name for e in experiments]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -200,73 +200,74 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     resume_path = _resume_decision(run.ckpts, fingerprint, dist, params, data.stats_sha) if tc.resume == "auto" else None
     progress = resume(resume_path, run, data.sampler, dist, device) if resume_path is not None else Progress()
     tracker = start_tracking(params, data.stats, dist, live_dir, progress)
-    step_fn = TrainStep(model=run.model, optimizer=run.optimizer, scaler=run.scaler, loss_fn=run.loss_fn, amp=amp, device=device,
-                        grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=run.ema,
-                        channels_last=run.channels_last)
-    train_stats = TrainStats(device)
-    record = _HookRecord() if hooks.record_dir is not None else None
-    # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with tracker.ending():  # MLflow's status: FINISHED, KILLED (SIGTERM, Ctrl-C) or FAILED, not always FINISHED
+        step_fn = TrainStep(model=run.model, optimizer=run.optimizer, scaler=run.scaler, loss_fn=run.loss_fn, amp=amp, device=device,
+                            grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=run.ema,
+                            channels_last=run.channels_last)
+        train_stats = TrainStats(device)
+        record = _HookRecord() if hooks.record_dir is not None else None
+        # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
-    ddp_model, frozen = run.model, None
-    stop = run.stopper.should_stop
-    epoch = progress.epoch
-    t_start = time.time()
-    while epoch < tc.max_epochs and not stop:
-        improved_this_epoch = False
-        want_frozen = epoch < oc.freeze_backbone_epochs
-        if want_frozen != frozen:
-            ddp_model, frozen = set_frozen(run, want_frozen, compile=tc.compile, dist=dist, device=device), want_frozen
-            step_fn.step_model = ddp_model
-            if record is not None and not want_frozen:
-                record.unfrozen(run.model)
-        data.sampler.set_epoch(epoch)
-        data.sampler.set_crop_size(progressive_crop(tc.progressive_resizing, epoch, params.data.tile_size))
-        steps = len(data.sampler)
-        ddp_model.train()
-        train_stats.reset()
-        shown = logs.progress(data.loader, total=steps, desc=f"epoch {epoch + 1}/{tc.max_epochs}", unit="step", enabled=dist.is_main)
-        for i, batch in enumerate(shown):
-            for group in run.optimizer.param_groups:
-                group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
-            image = batch["image"].to(device, non_blocking=True)
-            target, valid = batch["target"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
-            outputs, loss = step_fn(image, target, valid)
-            train_stats.add(outputs, loss, target, valid)
-            progress.step += 1
-            if record is not None:
-                record.seen.extend(int(k) for k in batch["index"])
-            if hooks.kill_at_step == progress.step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            last_in_epoch = i == steps - 1
-            due = (tc.val_unit == "step" and progress.step % tc.val_every == 0) or (
-                tc.val_unit == "epoch" and last_in_epoch and (epoch + 1) % tc.val_every == 0)
-            if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
-                improved_this_epoch |= validation_point(params, run, data, progress, train_stats, tracker, dist, device, amp, epoch)
-                stop = run.stopper.should_stop
-                if stop and not last_in_epoch:
-                    break
-        shown.close()  # the epoch's last progress line now, also after an early-stopping break
-        epoch += 1
-        save_checkpoint(params, run, data, progress, tracker, dist, device, epoch=epoch, fingerprint=fingerprint,
-                        is_best=improved_this_epoch)
+        ddp_model, frozen = run.model, None
+        stop = run.stopper.should_stop
+        epoch = progress.epoch
+        t_start = time.time()
+        while epoch < tc.max_epochs and not stop:
+            improved_this_epoch = False
+            want_frozen = epoch < oc.freeze_backbone_epochs
+            if want_frozen != frozen:
+                ddp_model, frozen = set_frozen(run, want_frozen, compile=tc.compile, dist=dist, device=device), want_frozen
+                step_fn.step_model = ddp_model
+                if record is not None and not want_frozen:
+                    record.unfrozen(run.model)
+            data.sampler.set_epoch(epoch)
+            data.sampler.set_crop_size(progressive_crop(tc.progressive_resizing, epoch, params.data.tile_size))
+            steps = len(data.sampler)
+            ddp_model.train()
+            train_stats.reset()
+            shown = logs.progress(data.loader, total=steps, desc=f"epoch {epoch + 1}/{tc.max_epochs}", unit="step", enabled=dist.is_main)
+            for i, batch in enumerate(shown):
+                for group in run.optimizer.param_groups:
+                    group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
+                image = batch["image"].to(device, non_blocking=True)
+                target, valid = batch["target"].to(device, non_blocking=True), batch["valid"].to(device, non_blocking=True)
+                outputs, loss = step_fn(image, target, valid)
+                train_stats.add(outputs, loss, target, valid)
+                progress.step += 1
+                if record is not None:
+                    record.seen.extend(int(k) for k in batch["index"])
+                if hooks.kill_at_step == progress.step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                last_in_epoch = i == steps - 1
+                due = (tc.val_unit == "step" and progress.step % tc.val_every == 0) or (
+                    tc.val_unit == "epoch" and last_in_epoch and (epoch + 1) % tc.val_every == 0)
+                if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
+                    improved_this_epoch |= validation_point(params, run, data, progress, train_stats, tracker, dist, device, amp, epoch)
+                    stop = run.stopper.should_stop
+                    if stop and not last_in_epoch:
+                        break
+            shown.close()  # the epoch's last progress line now, also after an early-stopping break
+            epoch += 1
+            save_checkpoint(params, run, data, progress, tracker, dist, device, epoch=epoch, fingerprint=fingerprint,
+                            is_best=improved_this_epoch)
 
-    if record is not None:
-        record.write(hooks.record_dir, run, dist)
-    if stop and dist.is_main:
-        log.info("early stopping after %d validations without improvement > %g", run.stopper.patience, run.stopper.min_delta)
-    final = {
-        "best": {k: v for k, v in progress.best_metrics.items()},
-        "epochs_trained": epoch,
-        "steps": progress.step,
-        "early_stopped": bool(stop),
-        "wall_time_s": time.time() - t_start,
-        "world_size": dist.world_size,
-    }
-    if dist.is_main:
-        write_model(params, run, data, progress, tracker, models_dir)
-        write_json_atomic(metrics_path, _flat_metrics(final))
-        tracker.close()
+        if record is not None:
+            record.write(hooks.record_dir, run, dist)
+        if stop and dist.is_main:
+            log.info("early stopping after %d validations without improvement > %g", run.stopper.patience, run.stopper.min_delta)
+        final = {
+            "best": {k: v for k, v in progress.best_metrics.items()},
+            "epochs_trained": epoch,
+            "steps": progress.step,
+            "early_stopped": bool(stop),
+            "wall_time_s": time.time() - t_start,
+            "world_size": dist.world_size,
+        }
+        if dist.is_main:
+            write_model(params, run, data, progress, tracker, models_dir)
+            write_json_atomic(metrics_path, _flat_metrics(final))
+            tracker.close()
     D.barrier()
     D.cleanup()
     return final
