@@ -4,16 +4,22 @@
 
 Measures, in one process (= one loader worker): decoding RGB + label LZW GeoTIFFs; reading the
 decoded-tile cache; and a full training sample (read + augmentation + boundary band +
-normalisation) from GeoTIFFs and from the cache.
+normalisation) from GeoTIFFs and from the cache, with RGB only and with RGB + the 4 EXTRA
+channels. The anchor (issue 18, P1), in the same run on the same decoded arrays: a plain
+albumentations ``Compose`` of the training guide's list (rotate90, flips, shift-scale-rotate with
+reflect border, elastic, colour jitter on RGB only) with the same probabilities and limits; with
+EXTRA, the colour jitter runs on RGB and the geometric ``Compose`` on the float32 stack.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,7 @@ def main() -> int:
     ap.add_argument("--tiles", type=int, default=24)
     ap.add_argument("--data", type=Path, default=None, help="existing 512 px dataset (default: synthesise one)")
     args = ap.parse_args()
+    import albumentations as A
     import cv2
     import torch
 
@@ -47,7 +54,7 @@ def main() -> int:
     from rts.data.splits import TileRecord, read_metadata
     from rts.data.store import TileStore
     from rts.authoring.synth import synthesize
-    from rts.io import read_raster, tile_paths
+    from rts.io import EXTRA_CHANNELS, read_raster, tile_paths
 
     tmp = Path(tempfile.mkdtemp())
     data = args.data
@@ -76,7 +83,48 @@ def main() -> int:
         ds = TileDataset(store, recs, norm, augmenter=Augmenter(aug), boundary_ignore_width=3)
         keys = [(i, 1000 + i, None, 1.0) for i in range(len(recs))]
         out[f"full_pipeline_{name}_tiles_per_s"] = rate(lambda k: ds[k], keys)
-    print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}, indent=2))
+    norm4 = Normalizer(stats, list(EXTRA_CHANNELS))
+    ds4 = TileDataset(cached, recs, norm4, augmenter=Augmenter(aug), boundary_ignore_width=3)
+    keys = [(i, 1000 + i, None, 1.0) for i in range(len(recs))]
+    out["full_pipeline_cache_rgb_4extra_tiles_per_s"] = rate(lambda k: ds4[k], keys)
+
+    # the anchor, on the same decoded arrays (HWC, in memory)
+    arrays = []
+    for t in ids:
+        tile = cached.load(t)
+        arrays.append((np.ascontiguousarray(np.transpose(tile.rgb, (1, 2, 0))),
+                       np.ascontiguousarray(np.transpose(np.asarray(tile.extra, np.float32), (1, 2, 0))), np.array(tile.label)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ShiftScaleRotate is the guide's name; albumentations 2 calls it deprecated
+        color = A.ColorJitter(brightness=aug.brightness, contrast=aug.contrast, saturation=aug.saturation, hue=0.0, p=aug.color_p)
+        geometric = [
+            A.RandomRotate90(p=aug.rotate90_p),
+            A.HorizontalFlip(p=aug.hflip_p),
+            A.VerticalFlip(p=aug.vflip_p),
+            A.ShiftScaleRotate(shift_limit=aug.shift_limit, scale_limit=aug.scale_limit, rotate_limit=aug.rotate_limit,
+                               border_mode=cv2.BORDER_REFLECT_101, p=aug.affine_p),
+            A.ElasticTransform(alpha=aug.elastic_alpha, sigma=aug.elastic_sigma, approximate=True,
+                               border_mode=cv2.BORDER_REFLECT_101, p=aug.elastic_p),
+        ]
+        anchor_rgb = A.Compose([color, *geometric], seed=0)
+        anchor_geo = A.Compose(geometric, seed=0)
+
+    def anchor_rgb_sample(a):
+        rgb, _, label = a
+        anchor_rgb(image=rgb, mask=label)
+
+    def anchor_extra_sample(a):
+        rgb, extra, label = a
+        rgb = color(image=rgb)["image"]
+        anchor_geo(image=np.concatenate([rgb.astype(np.float32), extra], axis=-1), mask=label)
+
+    out["anchor_albumentations_rgb_tiles_per_s"] = rate(anchor_rgb_sample, arrays)
+    out["anchor_albumentations_rgb_4extra_tiles_per_s"] = rate(anchor_extra_sample, arrays)
+    out["ours_vs_anchor_rgb"] = out["full_pipeline_cache_tiles_per_s"] / out["anchor_albumentations_rgb_tiles_per_s"]
+    out["ours_vs_anchor_rgb_4extra"] = (out["full_pipeline_cache_rgb_4extra_tiles_per_s"]
+                                        / out["anchor_albumentations_rgb_4extra_tiles_per_s"])
+    out["load_average"] = os.getloadavg()[0]
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}, indent=2))
     return 0
 
 
