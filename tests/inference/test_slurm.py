@@ -75,15 +75,17 @@ def test_an_array_job_merges_to_a_single_run_and_a_cancelled_shard_resumes(slurm
 
     # 2. a shard cancelled mid-run, reported, resubmitted alone: the same bytes
     out = tmp_path / "again"
-    job = _submit(slurm, tmp_path, out, pkg, scenes, "0-3", RTS_PREDICT_BATCH_DELAY_S="2")
+    job = _submit(slurm, tmp_path, out, pkg, scenes, "0-3", RTS_PREDICT_BATCH_DELAY_S="4")
     manifest = _poll(lambda: read_job(out), "the job manifest", slurm)
     victim = max(range(4), key=lambda k: sum(r["passes"] for r in manifest["shards"][k]))
     region = manifest["shards"][victim][0]["region"]
     lines = out / ".work" / region / "manifest.jsonl"
     _poll(lambda: lines.exists() and len(lines.read_text().splitlines()) >= 1, f"shard {victim} started its passes", slurm)
     assert job_status(out)["shards"][victim]["state"] == "running"
-    running = _status_cli(out)
+    running = _status_cli(out)  # seconds under load (it imports torch): the batches take 4 s each
     assert running.returncode == 1 and f"shard {victim}: running" in running.stdout
+    left = manifest["shards"][victim][0]["passes"] - len(lines.read_text().splitlines())
+    assert left > 2, "the shard was about to finish before it could be cancelled; the machine is too loaded for this test"
     slurm.run("scancel", f"{job}_{victim}")
     states = _poll(lambda: (s := slurm.states(job)) and len(s) == 4 and set(s.values()) <= DONE and s, "4 tasks done", slurm)
     assert states[victim] == "CANCELLED" and all(v == "COMPLETED" for k, v in states.items() if k != victim), states
