@@ -139,6 +139,8 @@ def slurm(tmp_path_factory):
         subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge",
                        shell=True, capture_output=True, timeout=600)
         reason = _missing_slurm()
+    if reason and os.environ.get("RTS_REQUIRE_SLURM"):
+        pytest.fail(f"no SLURM: {reason}, and RTS_REQUIRE_SLURM is set (.ci/run installs slurm-wlm and munge)")
     if reason:
         pytest.skip(f"no SLURM: {reason}")
     root = Path(str(tmp_path_factory.mktemp("slurm")))
