@@ -150,3 +150,20 @@ def test_ddp_two_gloo_ranks_equal_single_process(tmp_path):
                     assert got[key][m] == (pytest.approx(v, abs=1e-12) if v is not None else None), (key, m)
             else:
                 assert got[key] == single[key], key
+
+
+@pytest.mark.parametrize("n_bins", [1, 7, 100, 10000])
+@pytest.mark.parametrize("label_dtype", [np.uint8, np.int64])
+def test_compiled_pixel_counts_equal_the_numpy_counts(n_bins, label_dtype):
+    from rts.metrics.accumulator import _tile_pixel_counts, _tile_pixel_counts_reference
+
+    rng = np.random.default_rng(n_bins)
+    for threshold in (0.0, 0.3, 0.5, 1.0):
+        edges = np.arange(n_bins + 1) / n_bins
+        p = np.concatenate([rng.random(3000), edges, np.nextafter(edges, -1).clip(0, 1), np.nextafter(edges, 2).clip(0, 1),
+                            [threshold, np.nextafter(threshold, -1) if threshold > 0 else 0.0]])
+        label = rng.choice(np.array([0, 1, 255], label_dtype), p.size)
+        p, label = p.reshape(1, -1), label.reshape(1, -1)
+        got, ref = _tile_pixel_counts(p, label, n_bins, threshold), _tile_pixel_counts_reference(p, label, n_bins, threshold)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
