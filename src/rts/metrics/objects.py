@@ -18,10 +18,11 @@ over pixels in descending probability that snapshots the components at each grid
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
-import numpy as np
 import numba
+import numpy as np
 from scipy import ndimage as ndi
 
 from rts.io import IGNORE, PIXEL_SIZE_M
@@ -350,12 +351,13 @@ def _find_root(parent: np.ndarray, x: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out):  # noqa: C901
+def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out, parent, stat, psum, order_pad):  # noqa: C901
     """The union-find pass of :func:`grid_object_counts` (see there); fills ``out`` (G, n_iou, 3).
 
     ``q`` (H, W) level per pixel, ``prob`` (H, W) float64, ``ign`` (H, W) 1 on label 255, ``gl``
     (H, W) ground-truth object id per pixel (0 outside), ``gt_area`` their areas. The forest lives
-    on the image padded by one never-on pixel, so neighbours need no bounds checks.
+    on the image padded by one never-on pixel, so neighbours need no bounds checks. ``parent``,
+    ``stat``, ``psum`` ((H+2)(W+2) rows) and ``order_pad`` (H*W) are workspace, overwritten here.
     """
     h, w = q.shape
     wp = w + 2
@@ -370,19 +372,17 @@ def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out
     for lev in range(n_levels + 1):
         starts[lev + 1] += starts[lev]
     fill = starts.copy()
-    order_pad = np.empty(h * w, np.int32)  # padded index of the pixels, by level then raster order
+    # order_pad: padded index of the pixels, by level then raster order
     for r in range(h):
         for c in range(w):
             lv = q[r, c]
             order_pad[fill[lv]] = (r + 1) * wp + c + 1
             fill[lv] += 1
     offs = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int64)
-    parent = np.full(n, -1, np.int32)  # -1: pixel not on (yet, or padding)
+    parent[:] = -1  # -1: pixel not on (yet, or padding)
     # per root: pixels, pixels on label 255, its row of overlap counts (-1: no ground truth; before
     # the pixel is on, -1 - g for a pixel of ground-truth object g). Filled in raster order up
     # front: a pixel that is off is its own one-pixel component already, it only is not counted.
-    stat = np.zeros((n, 3), np.int32)
-    psum = np.zeros(n, np.float64)
     for r in range(h):
         for c in range(w):
             p = (r + 1) * wp + c + 1
@@ -603,6 +603,23 @@ def grid_object_counts(
     _grid_kernel(
         np.ascontiguousarray(q, dtype=np.int32), prob, (np.asarray(label) == IGNORE).view(np.uint8),
         np.ascontiguousarray(gt.labels, dtype=np.int32), gt.area.astype(np.int64), n_levels,
-        int(min_object_px), np.asarray(iou_thresholds, dtype=np.float64), _TIE_TOLERANCE, out,
+        int(min_object_px), np.asarray(iou_thresholds, dtype=np.float64), _TIE_TOLERANCE, out, *_workspace(*prob.shape),
     )
     return out
+
+
+_WORKSPACES = threading.local()
+
+
+def _workspace(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The grid kernel's work arrays for (h, w) tiles, kept per thread and reused.
+
+    Fresh arrays of this size cost the kernel about as much in page faults as it spends on a third
+    of its pixels; one set per thread (the last tile size only) keeps memory flat.
+    """
+    ws = getattr(_WORKSPACES, "arrays", None)
+    if ws is None or ws[0] != (h, w):
+        n = (h + 2) * (w + 2)
+        ws = ((h, w), (np.empty(n, np.int32), np.empty((n, 3), np.int32), np.empty(n, np.float64), np.empty(h * w, np.int32)))
+        _WORKSPACES.arrays = ws
+    return ws[1]
