@@ -308,24 +308,28 @@ def _grid_levels(prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _level_of(p: float, thresholds: np.ndarray, uniform: bool) -> int:
+    """Number of grid thresholds <= ``p``: one pixel of :func:`_grid_levels` (same values, tested)."""
+    n = thresholds.size
+    if uniform:
+        # floor(p * n), then the same corrections as _grid_levels: t_ext = [-inf, t..., inf]
+        k = int(max(min(np.floor(p * n), float(n)), 0.0))  # p is in [0, 1]; memory-safe anyway
+        if k >= 1 and p < thresholds[k - 1]:
+            k -= 1
+        if k < n and p >= thresholds[k]:
+            k += 1
+        return k
+    return np.searchsorted(thresholds, p, side="right")
+
+
+@numba.njit(cache=True, nogil=True)
 def _grid_levels_compiled(prob: np.ndarray, thresholds: np.ndarray, uniform: bool) -> np.ndarray:
     """:func:`_grid_levels` in one compiled pass over (H, W) ``prob`` (same values, tested)."""
     h, w = prob.shape
-    n = thresholds.size
     q = np.empty((h, w), np.int32)
     for r in range(h):
         for c in range(w):
-            p = prob[r, c]
-            if uniform:
-                # floor(p * n), then the same corrections as _grid_levels: t_ext = [-inf, t..., inf]
-                k = int(max(min(np.floor(p * n), float(n)), 0.0))  # p is in [0, 1]; memory-safe anyway
-                if k >= 1 and p < thresholds[k - 1]:
-                    k -= 1
-                if k < n and p >= thresholds[k]:
-                    k += 1
-            else:
-                k = np.searchsorted(thresholds, p, side="right")
-            q[r, c] = k
+            q[r, c] = _level_of(prob[r, c], thresholds, uniform)
     return q
 
 
@@ -351,45 +355,48 @@ def _find_root(parent: np.ndarray, x: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _grid_kernel(q, prob, ign, gl, gt_area, n_levels, min_px, ious, tie_tol, out, parent, stat, psum, order_pad):  # noqa: C901
+def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_tol, out, parent, stat, psum, order_pad, q):  # noqa: C901
     """The union-find pass of :func:`grid_object_counts` (see there); fills ``out`` (G, n_iou, 3).
 
-    ``q`` (H, W) level per pixel, ``prob`` (H, W) float64, ``ign`` (H, W) 1 on label 255, ``gl``
-    (H, W) ground-truth object id per pixel (0 outside), ``gt_area`` their areas. The forest lives
-    on the image padded by one never-on pixel, so neighbours need no bounds checks. ``parent``,
-    ``stat``, ``psum`` ((H+2)(W+2) rows) and ``order_pad`` (H*W) are workspace, overwritten here.
+    ``prob`` (H, W) float64, ``thresholds`` the grid (``uniform``: ``1/n .. 1``), ``ign`` (H, W) 1
+    on label 255, ``gl`` (H, W) ground-truth object id per pixel (0 outside), ``gt_area`` their
+    areas. The forest lives on the image padded by one never-on pixel, so neighbours need no
+    bounds checks. ``parent``, ``stat``, ``psum`` ((H+2)(W+2) rows), ``order_pad`` and ``q`` (H*W)
+    are workspace, overwritten here.
     """
-    h, w = q.shape
+    h, w = prob.shape
+    n_levels = thresholds.size
     wp = w + 2
     n = (h + 2) * wp
     n_gt = gt_area.size
     n_iou = ious.size
-    # on pixels by level (counting sort), as padded and as raster indices
+    parent[:] = -1  # -1: pixel not on (yet, or padding)
+    # One raster pass: each pixel's level (q: number of grid thresholds <= p), counted for the
+    # counting sort, and its one-pixel statistics. Per root: pixels, pixels on label 255, its row of
+    # overlap counts (-1: no ground truth; before the pixel is on, -1 - g for a pixel of
+    # ground-truth object g). A pixel that is off is its own one-pixel component already, it only
+    # is not counted.
     starts = np.zeros(n_levels + 2, np.int64)
     for r in range(h):
         for c in range(w):
-            starts[q[r, c] + 1] += 1
+            lv = _level_of(prob[r, c], thresholds, uniform)
+            q[r * w + c] = lv
+            starts[lv + 1] += 1
+            p = (r + 1) * wp + c + 1
+            stat[p, 0] = 1
+            stat[p, 1] = ign[r, c]
+            stat[p, 2] = -1 - gl[r, c]
+            psum[p] = prob[r, c]
     for lev in range(n_levels + 1):
         starts[lev + 1] += starts[lev]
     fill = starts.copy()
     # order_pad: padded index of the pixels, by level then raster order
     for r in range(h):
         for c in range(w):
-            lv = q[r, c]
+            lv = q[r * w + c]
             order_pad[fill[lv]] = (r + 1) * wp + c + 1
             fill[lv] += 1
     offs = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int64)
-    parent[:] = -1  # -1: pixel not on (yet, or padding)
-    # per root: pixels, pixels on label 255, its row of overlap counts (-1: no ground truth; before
-    # the pixel is on, -1 - g for a pixel of ground-truth object g). Filled in raster order up
-    # front: a pixel that is off is its own one-pixel component already, it only is not counted.
-    for r in range(h):
-        for c in range(w):
-            p = (r + 1) * wp + c + 1
-            stat[p, 0] = 1
-            stat[p, 1] = ign[r, c]
-            stat[p, 2] = -1 - gl[r, c]
-            psum[p] = prob[r, c]
     cap = 64
     inter = np.zeros((cap, max(n_gt, 1)), np.int64)
     slot_root = np.full(cap, -1, np.int32)
@@ -599,10 +606,9 @@ def grid_object_counts(
     out[:, :, 2] = gt.n  # everything missed until something is predicted
     n = thresholds.size
     uniform = bool(np.array_equal(thresholds, np.arange(1, n + 1, dtype=np.float64) / n))
-    q = _grid_levels_compiled(prob, thresholds, uniform)
     _grid_kernel(
-        np.ascontiguousarray(q, dtype=np.int32), prob, (np.asarray(label) == IGNORE).view(np.uint8),
-        np.ascontiguousarray(gt.labels, dtype=np.int32), gt.area.astype(np.int64), n_levels,
+        prob, thresholds, uniform, (np.asarray(label) == IGNORE).view(np.uint8),
+        np.ascontiguousarray(gt.labels, dtype=np.int32), gt.area.astype(np.int64),
         int(min_object_px), np.asarray(iou_thresholds, dtype=np.float64), _TIE_TOLERANCE, out, *_workspace(*prob.shape),
     )
     return out
@@ -611,7 +617,7 @@ def grid_object_counts(
 _WORKSPACES = threading.local()
 
 
-def _workspace(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _workspace(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The grid kernel's work arrays for (h, w) tiles, kept per thread and reused.
 
     Fresh arrays of this size cost the kernel about as much in page faults as it spends on a third
@@ -620,6 +626,7 @@ def _workspace(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     ws = getattr(_WORKSPACES, "arrays", None)
     if ws is None or ws[0] != (h, w):
         n = (h + 2) * (w + 2)
-        ws = ((h, w), (np.empty(n, np.int32), np.empty((n, 3), np.int32), np.empty(n, np.float64), np.empty(h * w, np.int32)))
+        ws = ((h, w), (np.empty(n, np.int32), np.empty((n, 3), np.int32), np.empty(n, np.float64), np.empty(h * w, np.int32),
+                       np.empty(h * w, np.int32)))
         _WORKSPACES.arrays = ws
     return ws[1]
