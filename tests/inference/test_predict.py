@@ -262,6 +262,12 @@ def test_kill_and_resume_is_byte_identical(tmp_path):
     assert killed.returncode == -9, killed.stderr  # SIGKILL after 3 batches (6 passes), 2 batches in the manifest
     manifest = (tmp_path / "b" / ".work" / "scene" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 4 and not (tmp_path / "b" / "scene.prob.tif").exists()
+    # another threshold is refused for the unfinished region, like any other setting (issue 16 defect 4)
+    other = _cli([*common[:4], "0.7", *common[5:], "--out", str(tmp_path / "b")])
+    assert other.returncode == 5 and [l for l in other.stderr.splitlines() if " INFO " not in l] == [other.stderr.splitlines()[-1]], other.stderr
+    assert other.stderr.splitlines()[-1].startswith("error: ") and "Traceback" not in other.stderr, other.stderr
+    assert "unfinished outputs begun at threshold 0.5, not 0.7; resume with --threshold 0.5" in other.stderr, other.stderr
+    assert (tmp_path / "b" / ".work" / "scene" / "manifest.jsonl").read_text().splitlines() == manifest
     resumed = _cli([*common, "--out", str(tmp_path / "b")])
     assert resumed.returncode == 0, resumed.stderr
     log_b = json.loads((tmp_path / "b" / "run_log.json").read_text())
@@ -487,3 +493,17 @@ def test_predict_logs_its_passes_with_rate_and_eta_off_a_terminal(tmp_path):
     assert "passes scene: 4/16 passes (25%), " in lines[0] and ", ETA " in lines[0]
     assert "pass/s" in lines[0] or "s/pass" in lines[0]
     assert "passes scene: 16/16 passes in " in lines[-1]
+
+
+def test_a_finished_region_with_kept_accumulators_is_rethresholded_whole(tmp_path):
+    """``--keep-work`` keeps a finished region's accumulators: a run at another threshold writes all
+    its outputs at the new one from them (no pass runs again), and records that threshold."""
+    rgb = np.full((3, 160, 144), 10, np.uint8)
+    rgb[0, 20:30, 30:50] = 255
+    scene = write_scene(tmp_path / "scene.tif", rgb)
+    predictor = make_predictor(RedMask())
+    first = predict_scene(predictor, scene, tmp_path / "out", threshold=0.5, num_workers=0, blocksize=64, keep_work=True)
+    again = predict_scene(predictor, scene, tmp_path / "out", threshold=0.99, num_workers=0, blocksize=64, keep_work=True)
+    assert first["complete"] and again["complete"] and again["tiles_run"] == 0
+    settings = json.loads((tmp_path / "out" / ".work" / "scene" / "settings.json").read_text())
+    assert settings["threshold"] == 0.99

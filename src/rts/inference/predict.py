@@ -179,18 +179,28 @@ class RegionLock:
 class RegionState:
     """Accumulator memmaps and the manifest of finished passes of one region."""
 
-    def __init__(self, work: Path, region: Region, settings: dict):
+    def __init__(self, work: Path, region: Region, settings: dict, threshold: float | None = None, *, rethreshold: bool = False):
+        """``threshold``: the one this run writes its outputs at. An unfinished region begun at
+        another one is refused like any other setting; ``rethreshold`` (a finished region whose
+        accumulators ``--keep-work`` kept) takes the new one for all its outputs."""
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         settings_file = work / "settings.json"
         if settings_file.exists():
             saved = json.loads(settings_file.read_text())
+            begun_at = saved.pop("threshold", None)  # None: a work folder of before the threshold was recorded
             if saved != settings:
                 diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
                 raise OutputError(f"{work}: unfinished outputs made with different settings ({', '.join(diff)}); "
                                  f"use a new output folder or delete {work} to start over")
+            if threshold is not None and begun_at is not None and begun_at != threshold and not rethreshold:
+                raise OutputError(f"{work}: unfinished outputs begun at threshold {begun_at:g}, not {threshold:g}; resume with "
+                                  f"--threshold {begun_at:g} (with --keep-work a finished region can be re-thresholded), "
+                                  f"or use a new output folder")
+            if threshold is not None and begun_at != threshold:
+                write_json_atomic(settings_file, {**settings, "threshold": threshold})
         else:
-            write_json_atomic(settings_file, settings)
+            write_json_atomic(settings_file, settings if threshold is None else {**settings, "threshold": threshold})
         shape = (region.height, region.width)
         missing = [name for name in ("prob.f32", "scale.u8") if not (work / name).exists()]
         self.manifest_path = work / "manifest.jsonl"
@@ -563,7 +573,8 @@ def _open_region(region: Region, work: Path, settings: dict, threshold: float) -
             raise OutputError(f"{work}: finished with other settings or threshold and the accumulators were deleted; "
                             f"use a new output folder (or --keep-work to re-threshold later)")
         done_file.unlink()
-    return RegionState(work, region, settings)
+        return RegionState(work, region, settings, threshold, rethreshold=True)  # its kept accumulators, thresholded anew
+    return RegionState(work, region, settings, threshold)
 
 
 def predict_region(predictor: Predictor, region: Region, out_dir: str | os.PathLike, *, threshold: float,
