@@ -207,7 +207,7 @@ def test_forced_prepare_and_module_edits_stale_exactly_the_stages_that_load_them
 
 
 def test_queued_loss_grid_gives_two_comparable_experiments(exp_run):
-    """Two workers (-j 2) into the MLflow store that `exp_run` created (tests/stages/test_concurrency.py
+    """Two workers (-j 2) into the MLflow store that `exp_run` created (tests/stages/test_mlflow_store_race.py
     has the case of a store that does not exist yet)."""
     repo = exp_run
     run(["dvc", "exp", "run", "--queue", *overrides({"train.max_epochs": 1}), "-S", "loss=focal,tversky"], repo)

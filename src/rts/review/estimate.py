@@ -24,7 +24,7 @@ Intervals (95% by default):
   widens instead of silently dropping it. No finite-population correction is applied, so a stratum
   reviewed in full gives a slightly conservative interval.
 
-``tests/review/test_estimate.py`` measures the coverage over repeated seeded samples.
+``tests/review/test_review_estimate.py`` measures the coverage over repeated seeded samples.
 """
 
 from __future__ import annotations
