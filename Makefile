@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30 tests
 
 # The guide's matrix through the GPU-aware runner (one GPU per experiment, as many at a time as GPUs):
 # make experiments PHASE=losses ARGS="-S model.arch=unet3plus -j 8"; make seeds ARGS=@experiments/studies/NAME/best_params.txt
