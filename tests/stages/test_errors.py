@@ -40,6 +40,26 @@ def test_a_bad_param_stops_train_with_one_line_before_any_rank_starts(wd, tmp_pa
     assert "train.batch_size" in one_line(proc.stderr)
 
 
+CHECK_IMPORTS = """
+import runpy, sys
+sys.argv = ["stages.train", "--check"]
+try:
+    runpy.run_module("stages.train", run_name="__main__")
+except SystemExit as e:
+    heavy = [m for m in ("torch", "segmentation_models_pytorch", "timm", "albumentations", "mlflow") if m in sys.modules]
+    print(e.code, ",".join(heavy) or "none")
+"""
+
+
+def test_train_check_runs_without_importing_torch_or_the_model_libraries(wd):
+    """The check is one more process before torchrun on every train run; with torch and the model
+    libraries it cost as much as a rank's start-up (6-12 s on 2 cores) before anything was checked."""
+    proc = run([sys.executable, "-c", CHECK_IMPORTS], wd)
+    code, heavy = proc.stdout.split()
+    assert heavy == "none", proc.stdout
+    assert code == "3", proc.stderr  # prepared/ is missing in wd: the check ran and refused
+
+
 def test_train_without_prepared_inputs_names_the_file_and_the_fix(wd):
     proc = run(["bash", "-c", train_cmd()], wd, check=False)
     assert proc.returncode == 3, proc.stderr[-3000:]
