@@ -5,7 +5,8 @@
    DVC cache so queued experiments can check it out).
 2. ``dvc exp run`` with the CPU overrides below passed by ``-S``: params.yaml keeps the real
    baseline (UNet++ / EfficientNet-B7 at 512 px) as its default.
-3. Print the test-realistic table and where the model card, plots and MLflow store are.
+3. Check the error galleries against the metrics library (``scripts/check_gallery.py``).
+4. Print the test-realistic table and where the model card, plots and MLflow store are.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def main() -> int:
     baseline = params.read_bytes()
     try:
         sh("dvc", "exp", "run", *override_args(DEMO_OVERRIDES))
+        # the error galleries list the cases the metrics count (params.yaml still holds the demo's params here)
+        if sh(sys.executable, str(ROOT / "scripts" / "check_gallery.py"), check=False).returncode != 0:
+            sys.exit("make demo: the error galleries do not match the metrics (line above)")
     finally:
         # `dvc exp run -S` writes the overrides into the workspace params.yaml (on failure too): put
         # the committed baseline back, so that a commit after the demo cannot replace it

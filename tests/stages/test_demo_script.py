@@ -18,24 +18,38 @@ def _demo_module():
     return module
 
 
-@pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("fails", [None, "exp run", "gallery check"])
 def test_demo_puts_the_committed_params_back(tmp_path, monkeypatch, fails):
+    """The demo's gallery check runs while params.yaml holds the demo's params; whichever step
+    fails, the committed params are back afterwards."""
     demo = _demo_module()
     params = tmp_path / "params.yaml"
     params.write_text("seed: 42\n")
+    ran = []
 
-    def dvc_exp_run(*cmd, **kwargs):
-        params.write_text("seed: 42\ntrain:\n  batch_size: 16\n")  # what -S does to the workspace
-        if fails:
-            raise subprocess.CalledProcessError(1, cmd)
+    def sh(*cmd, **kwargs):
+        if cmd[:3] == ("dvc", "exp", "run"):
+            params.write_text("seed: 42\ntrain:\n  batch_size: 16\n")  # what -S does to the workspace
+            ran.append("exp run")
+            if fails == "exp run":
+                raise subprocess.CalledProcessError(1, cmd)
+            return subprocess.CompletedProcess(cmd, 0)
+        assert cmd[-1].endswith("check_gallery.py") and kwargs == {"check": False}, cmd
+        assert params.read_text() != "seed: 42\n"  # checked against the params the run used
+        ran.append("gallery check")
+        return subprocess.CompletedProcess(cmd, 1 if fails == "gallery check" else 0)
 
     monkeypatch.setattr(demo, "ROOT", tmp_path)
     monkeypatch.setattr(demo, "ensure_data", lambda: None)
     monkeypatch.setattr(demo, "print_results", lambda: None)
-    monkeypatch.setattr(demo, "sh", dvc_exp_run)
-    if fails:
+    monkeypatch.setattr(demo, "sh", sh)
+    if fails == "exp run":
         with pytest.raises(subprocess.CalledProcessError):
+            demo.main()
+    elif fails == "gallery check":
+        with pytest.raises(SystemExit, match="error galleries do not match"):
             demo.main()
     else:
         assert demo.main() == 0
+    assert ran == (["exp run"] if fails == "exp run" else ["exp run", "gallery check"])
     assert params.read_text() == "seed: 42\n"

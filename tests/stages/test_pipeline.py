@@ -122,6 +122,22 @@ def test_exp_run_runs_all_stages_and_dvc_reads_the_results(exp_run):
     embedded = re.findall(r"vegaEmbed\('#(\w+)'", html)
     assert sorted(embedded) == sorted(["pr_val_realistic_pixel", "pr_val_realistic_object", "pr_test_realistic_pixel",
                                        "pr_test_realistic_object", "reliability", "loss", "val_pr_auc"]), embedded
+    # the error galleries show the cases the metrics count (the check make demo runs on the demo model)
+    check = run([sys.executable, str(REPO / "scripts" / "check_gallery.py")], repo).stdout
+    assert check.count("equal to the accumulator; 3 PNGs, all DVC plots") + check.count("no calibrated threshold") == 2, check
+    assert check.startswith("evaluate's gallery (threshold 0.5, IoU 0.3): "), check
+    listing = repo / "eval" / "gallery_val_realistic.json"
+    kept = listing.read_bytes()
+    try:
+        tampered = json.loads(kept)
+        tampered["false_positives_per_tile"]["not_a_tile"] = 1
+        listing.write_text(json.dumps(tampered))
+        bad = run([sys.executable, str(REPO / "scripts" / "check_gallery.py")], repo, check=False)
+        assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+            "error: evaluate's gallery: false positives per tile differ from the accumulator's on 1 tile(s), "
+            "e.g. not_a_tile: listed 1, counted 0"], bad.stderr
+    finally:
+        listing.write_bytes(kept)
     status = run(["dvc", "status"], repo).stdout
     assert "up to date" in status, status
     again = run(["dvc", "repro", "prepare"], repo).stdout
