@@ -81,6 +81,8 @@ def configure(verbosity: int = 0, rank: int = 0, *, stream: IO[str] | None = Non
     # MLflow installs its own handler and format on import unless told not to; its records then
     # propagate here and take this format and level.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    if verbosity < 2:  # its artifact transfer bars (logging a model downloads its files once) are not ours
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _state.update(rank=int(rank), stream=stream, interval=interval)
     root = logging.getLogger()
     for h in [h for h in root.handlers if getattr(h, "rts_handler", False)]:
