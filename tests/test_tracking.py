@@ -92,7 +92,10 @@ def test_mlflow_gets_system_metrics_and_finite_values_only_and_the_sampler_stops
 def test_a_stopped_or_crashed_training_is_not_recorded_as_finished(tmp_path, monkeypatch, raised, status):
     """MLflow's exit hook ended every run as FINISHED: a SIGTERM-stopped attempt (the runner, a
     preemption) or a crash showed as a finished run beside its resumed or repeated one."""
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    # a store of its own per case: pytest gives the next case the folder name of a passed one it
+    # removed, and MLflow keeps one engine per store URI in the process, whose connection to the
+    # removed file then fails with "attempt to write a readonly database"
+    uri = f"sqlite:///{tmp_path / f'mlruns-{status}-{type(raised).__name__}.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracker = Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment="rts", live_dir=str(tmp_path / "live"))
     try:
