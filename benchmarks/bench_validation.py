@@ -51,6 +51,8 @@ def main() -> int:
                                merge_distance_px=ev.merge_distance_px, objects=objects)
 
     realistic, balanced = accumulator(True), accumulator(False)
+    warm = synthetic_tile(10**6, size=size, positive=True)  # numba's first call loads or compiles its kernels: not timed
+    accumulator(True).update(*warm, positive_tile=True)
     balanced_every = max(1, round(args.val_neg / max(args.val_pos, 1) / max(params.prepare.val_balanced_ratio, 1)))
     pos_every = max(1, round((args.val_pos + args.val_neg) / args.val_pos))
     cpu = 0.0
