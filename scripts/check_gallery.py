@@ -29,6 +29,7 @@ import numpy as np
 from rts.config import load_params
 from rts.data.dataset import open_store
 from rts.data.splits import Manifest
+from rts.errors import RtsError, one_line
 from rts.evaluation.evaluate import load_logits, sigmoid
 from rts.metrics import EvalAccumulator
 from rts.metrics import objects as obj
@@ -92,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="check_gallery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params the run used (default: %(default)s)")
     args = parser.parse_args(argv)
-    params = load_params(args.params)
-    store = open_store(Path(params.data.root), params.data.cache)
-    tiles = Manifest.load(Path("prepared/splits/val_realistic.json")).tiles
+    try:
+        params = load_params(args.params)
+        store = open_store(Path(params.data.root), params.data.cache)
+        tiles = Manifest.load(Path("prepared/splits/val_realistic.json")).tiles
+        keep = SusceptibilityFilter.from_params(params.susceptibility)
+    except RtsError as e:  # its line names the file or key and the fix
+        print(one_line(e), file=sys.stderr)
+        return 1
+    except (OSError, KeyError, ValueError) as e:
+        print(f"error: {e}; run the pipeline in this folder first, or pass the params the run used with --params", file=sys.stderr)
+        return 1
     logits_dir = Path("eval/logits")
-    keep = SusceptibilityFilter.from_params(params.susceptibility)
     proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"error: dvc plots show --json failed here: {(proc.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)

@@ -155,3 +155,21 @@ def test_model_card_links_the_gallery_and_reports_regions_with_too_few_objects()
     links = "\n".join(gallery_lines("experiment `x`"))
     for _, png in GALLERY:
         assert f"(../../plots/gallery/{png})" in links
+
+
+def test_the_gallery_check_outside_a_finished_run_is_one_line(tmp_path):
+    """scripts/check_gallery.py (make demo's last check) where the pipeline has not run: one line
+    naming what is missing, exit 1, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    from workdir import REPO, env
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for args, missing in (([], "prepared/splits/val_realistic.json"), (["--params", "other.yaml"], "other.yaml")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_gallery.py"), *args], cwd=tmp_path, env=env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"error: {missing}"), line
