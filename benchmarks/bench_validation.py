@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 from bench_metrics import synthetic_tile  # noqa: E402
 
 from rts.config import load_params  # noqa: E402
-from rts.metrics import EvalAccumulator  # noqa: E402
+from rts.training.loop import validation_accumulator  # noqa: E402
 
 
 def main() -> int:
@@ -45,14 +45,9 @@ def main() -> int:
     ev = params.evaluate
     size = params.data.tile_size
 
-    def accumulator(objects: bool) -> EvalAccumulator:  # as run_validation builds them
-        return EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
-                               iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
-                               merge_distance_px=ev.merge_distance_px, objects=objects)
-
-    realistic, balanced = accumulator(True), accumulator(False)
+    realistic, balanced = validation_accumulator(ev, objects=True), validation_accumulator(ev, objects=False)
     warm = synthetic_tile(10**6, size=size, positive=True)  # numba's first call loads or compiles its kernels: not timed
-    accumulator(True).update(*warm, positive_tile=True)
+    validation_accumulator(ev, objects=True).update(*warm, positive_tile=True)
     balanced_every = max(1, round(args.val_neg / max(args.val_pos, 1) / max(params.prepare.val_balanced_ratio, 1)))
     pos_every = max(1, round((args.val_pos + args.val_neg) / args.val_pos))
     cpu = 0.0

@@ -52,8 +52,9 @@ def counts(listing: dict, probs, merge_distance_px: int) -> dict:
     for rec, prob, label in probs:
         before = int(acc.obj_op[:, 0, 1].sum())
         acc.update(prob, label, positive_tile=rec.positive, region=rec.region)
-        if int(acc.obj_op[:, 0, 1].sum()) > before:
-            per_tile[rec.tile_id] = int(acc.obj_op[:, 0, 1].sum()) - before
+        added = int(acc.obj_op[:, 0, 1].sum()) - before
+        if added:
+            per_tile[rec.tile_id] = added
     missed = {cls: int(acc.size_gt[0, i, 0] - acc.size_gt[0, i, 1]) for i, cls in enumerate(obj.SIZE_CLASSES)}
     return {"per_tile": dict(sorted(per_tile.items())), "false_positives": int(acc.obj_op[:, 0, 1].sum()), "missed": missed,
             "fragmented": int(acc.frag[0, 1])}
@@ -72,9 +73,9 @@ def check(name: str, listing: dict, expected: dict, pngs: list[Path], plotted: s
     if totals["missed"] != expected["missed"]:
         raise Mismatch(f"{name}: missed RTS per size class {totals['missed']}, the accumulator counts {expected['missed']}")
     listed = [c["tile_id"] for c in listing["false_positives"]]
-    if [t for t in listed if t not in expected["per_tile"]]:
-        raise Mismatch(f"{name}: a listed false positive is on a tile the accumulator counts none on: "
-                       f"{[t for t in listed if t not in expected['per_tile']][0]}")
+    uncounted = [t for t in listed if t not in expected["per_tile"]]
+    if uncounted:
+        raise Mismatch(f"{name}: a listed false positive is on a tile the accumulator counts none on: {uncounted[0]}")
     if len(listed) != min(listing["n_cases"], expected["false_positives"]):
         raise Mismatch(f"{name}: {len(listed)} false positives listed, expected min(n_cases {listing['n_cases']}, "
                        f"{expected['false_positives']})")

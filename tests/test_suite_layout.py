@@ -40,6 +40,7 @@ def test_xdist_groups_keep_a_group_on_one_worker(tmp_path):
     pytest-xdist 3.8 schedules by, so each worker built the experiment runner's repository and ran its
     grid again (~8 min of the suite) and grouped tests ran side by side. requirements.lock pins a pair
     that works; this fails on a pair that does not."""
+    import os
     import subprocess
     import sys
 
@@ -47,7 +48,7 @@ def test_xdist_groups_keep_a_group_on_one_worker(tmp_path):
     (tmp_path / "test_other.py").write_text("".join(f"def test_other_{i}():\n    pass\n" for i in range(12)))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     setups = tmp_path / "setups.txt"
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
     env["SETUPS"] = str(setups)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "."],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -578,16 +578,21 @@ def check_deterministic(params: Params, device: torch.device) -> None:
         )
 
 
+def validation_accumulator(ev, *, objects: bool) -> EvalAccumulator:
+    """The accumulator of one validation split in training: pixel counts, and with ``objects`` the
+    objects at the operating threshold and the primary IoU only (``benchmarks/bench_validation.py``
+    times this one)."""
+    return EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
+                           iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
+                           merge_distance_px=ev.merge_distance_px, objects=objects)
+
+
 def run_validation(model, val_sets, *, loss_fn, device, amp, params: Params) -> dict:
     """Loss, pixel IoU and PR-AUC on val-balanced and val-realistic (one forward pass), counts
     reduced across ranks."""
     ev = params.evaluate
-    accs = {
-        name: (EvalAccumulator(n_bins=ev.n_bins, operating_threshold=ev.threshold, object_thresholds=[ev.threshold],
-                               iou_thresholds=[ev.primary_iou], min_object_px=ev.min_object_px,
-                               merge_distance_px=ev.merge_distance_px, objects=name == "val_realistic"), member)
-        for name, member in val_sets["members"].items()
-    }
+    accs = {name: (validation_accumulator(ev, objects=name == "val_realistic"), member)
+            for name, member in val_sets["members"].items()}
     losses = validate(model, val_sets["loader"], loss_fn=loss_fn, device=device, amp=amp, accumulators=accs,
                       regions=val_sets["regions"])
     out = {}
