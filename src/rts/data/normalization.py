@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from rts.data.store import prefetch
@@ -209,6 +210,31 @@ class Normalizer:
         self.high = np.array(stats["rgb"]["clip_high"] + [stats["extra"]["clip_high"][i] for i in idx], np.float32)
         self.mean = np.array(stats["rgb"]["mean"] + [stats["extra"]["mean"][i] for i in idx], np.float32)
         self.std = np.array(stats["rgb"]["std"] + [stats["extra"]["std"][i] for i in idx], np.float32)
+        # RGB is uint8: its 256 normalised values per channel, computed by ``__call__`` itself
+        values = np.broadcast_to(np.arange(256, dtype=np.float32), (len(self.low), 1, 256))
+        self._rgb_lut = self(values)[:3, 0]
+
+    def planes(self, rgb: np.ndarray, extra: np.ndarray | None, *, channels_last: bool) -> np.ndarray:
+        """``__call__`` of the float32 (C, H, W) stack of uint8 RGB and float EXTRA, bit for bit, without the stack.
+
+        ``rgb``: (H, W, 3) with ``channels_last``, else (3, H, W), uint8; ``extra``: the selected
+        EXTRA channels in the same layout, (H, W, k) or (k, H, W), or None. RGB goes
+        through a 256-entry table per channel; EXTRA is clipped and z-scored in place in the output.
+        """
+        h, w = rgb.shape[:2] if channels_last else rgb.shape[1:]
+        k = 0 if extra is None else (extra.shape[-1] if channels_last else extra.shape[0])
+        out = np.empty((3 + k, h, w), np.float32)
+        rgb_planes = cv2.split(np.ascontiguousarray(rgb)) if channels_last else rgb
+        for ch in range(3):
+            cv2.LUT(np.ascontiguousarray(rgb_planes[ch]), self._rgb_lut[ch], dst=out[ch])
+        if k:
+            ext = out[3:]
+            np.copyto(ext, np.moveaxis(extra, -1, 0) if channels_last else extra, casting="same_kind")
+            c = (slice(None), None, None)
+            np.clip(ext, self.low[3:][c], self.high[3:][c], out=ext)
+            ext -= self.mean[3:][c]
+            ext /= self.std[3:][c]
+        return out
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Normalise a (C, H, W) or (H, W, C)-agnostic channels-first float array."""
