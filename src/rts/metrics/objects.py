@@ -63,13 +63,26 @@ class Components:
 
 def _relabel(lab: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Map label ids (1-based) through ``keep`` (bool per id) to consecutive ids, 0 elsewhere."""
+    n_keep = int(keep.sum())
+    if n_keep == 0:  # nothing kept (most negative tiles): no gather over the tile
+        return np.zeros(lab.shape, dtype=np.int32)
+    if n_keep == keep.size:  # everything kept: the ids are consecutive already
+        return lab.astype(np.int32, copy=False)
     lut = np.zeros(keep.size + 1, dtype=np.int32)
-    lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    lut[1:][keep] = np.arange(1, n_keep + 1, dtype=np.int32)
     return lut[lab]
 
 
 def _raster_ordered_label(mask: np.ndarray, group: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """8-connected labels (or ``group`` ids on ``mask``) renumbered by first pixel in raster order."""
+    lab, n, _ = _raster_ordered_label_nz(mask, group)
+    return lab, n
+
+
+def _raster_ordered_label_nz(mask: np.ndarray, group: np.ndarray | None = None) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`_raster_ordered_label` and the flat indices of its labelled pixels, ascending."""
+    if not mask.any():  # an empty map (most pixels of most tiles at high thresholds): no labelling pass
+        return np.zeros(mask.shape, dtype=np.int32), 0, np.zeros(0, np.intp)
     if group is None:
         lab, n = ndi.label(mask, structure=EIGHT)
     else:
@@ -80,7 +93,7 @@ def _raster_ordered_label(mask: np.ndarray, group: np.ndarray | None = None) -> 
     order = np.argsort(nz[first], kind="stable")  # by first pixel index
     lut = np.zeros(int(flat.max()) + 1 if flat.size else 1, dtype=np.int32)
     lut[ids[order]] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lut[lab], int(ids.size)
+    return lut[lab], int(ids.size), nz
 
 
 def pred_components(
@@ -101,19 +114,19 @@ def pred_components(
         merge_distance_px: when > 0, components whose closest pixels are at most this many pixels
             apart (chessboard distance; 1 = touching) form one object.
     """
-    mask = np.asarray(prob, dtype=np.float64) >= np.float64(threshold)
+    prob = np.asarray(prob)
+    mask = prob >= np.float64(threshold)  # float32 maps compare in float64, exactly as converted ones
     group = None
     if merge_distance_px > 1:
         # dilating both by a d x d square makes them 8-adjacent exactly when their distance <= d
         grown = ndi.binary_dilation(mask, structure=np.ones((merge_distance_px, merge_distance_px), bool))
         group = ndi.label(grown, structure=EIGHT)[0]
-    lab, n = _raster_ordered_label(mask, group)
+    lab, n, on = _raster_ordered_label_nz(mask, group)
     # only the labelled pixels, still in raster order: the same sums as over the whole tile
-    on = np.flatnonzero(lab)
     lab_on = lab.ravel()[on]
     size = np.bincount(lab_on, minlength=n + 1)[1:]
     n_ign = np.bincount(lab_on, weights=np.asarray(label).ravel()[on] == IGNORE, minlength=n + 1)[1:].astype(np.int64)
-    psum = np.bincount(lab_on, weights=np.asarray(prob, dtype=np.float64).ravel()[on], minlength=n + 1)[1:]
+    psum = np.bincount(lab_on, weights=prob.ravel()[on].astype(np.float64), minlength=n + 1)[1:]
     keep = (size >= min_object_px) & (2 * n_ign < size)
     return Components(
         labels=_relabel(lab, keep),
@@ -319,7 +332,14 @@ def _level_of(p: float, thresholds: np.ndarray, uniform: bool) -> int:
         if k < n and p >= thresholds[k]:
             k += 1
         return k
-    return np.searchsorted(thresholds, p, side="right")
+    lo, hi = 0, n  # bisect right: the first index whose threshold is > p (np.searchsorted's 'right')
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if p < thresholds[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,6 +402,8 @@ def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_
             lv = _level_of(prob[r, c], thresholds, uniform)
             q[r * w + c] = lv
             starts[lv + 1] += 1
+            if lv == 0:  # below the lowest threshold: never turned on, its statistics are never read
+                continue
             p = (r + 1) * wp + c + 1
             stat[p, 0] = 1
             stat[p, 1] = ign[r, c]
@@ -390,10 +412,12 @@ def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_
     for lev in range(n_levels + 1):
         starts[lev + 1] += starts[lev]
     fill = starts.copy()
-    # order_pad: padded index of the pixels, by level then raster order
+    # order_pad: padded index of the pixels, by level then raster order (level 0 is never read)
     for r in range(h):
         for c in range(w):
             lv = q[r * w + c]
+            if lv == 0:
+                continue
             order_pad[fill[lv]] = (r + 1) * wp + c + 1
             fill[lv] += 1
     offs = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1], np.int64)
