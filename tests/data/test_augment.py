@@ -301,3 +301,12 @@ def test_dataset_without_augmentation_gives_the_normalised_stack(tmp_path):
         np.testing.assert_array_equal(ds[i]["image"].numpy(), ref)
     cropped = TileDataset(store, recs, norm, crop_size=32)[(0, 5, 32, 1.0)]["image"]
     assert cropped.shape == (6, 32, 32)
+
+
+def test_rotate90_on_a_non_square_tile_is_refused_in_one_line():
+    rng = np.random.default_rng(10)
+    rgb, label = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8), np.zeros((32, 48), np.uint8)
+    with pytest.raises(ValueError, match=r"augment.rotate90_p needs square tiles, got 32x48"):
+        Augmenter(AugmentConfig()).apply(rgb, None, label)
+    out, _, lab = Augmenter(AugmentConfig(rotate90_p=0)).apply(rgb, None, label)
+    assert out.shape == (32, 48, 3) and lab.shape == (32, 48)

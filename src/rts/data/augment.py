@@ -17,10 +17,11 @@ must match the channel count. OpenCV does not warp float16, so EXTRA is warped a
 
 The elastic field follows albumentations' ``ElasticTransform(approximate=True)`` (Gaussian noise
 smoothed by a 17 px Gaussian of ``elastic_sigma``, scaled to ``elastic_alpha`` over the noise's
-maximum), drawn on a grid ``stride`` times coarser with the kernel scaled to match and
-upsampled bilinearly: the same correlation length and the same per-pixel spread (matched exactly
-in expectation, ``_field_scale``) at about a fifteenth of the cost. ``tests/data/test_augment.py``
-compares its statistics with albumentations' own field.
+maximum), drawn on a grid ``stride`` times coarser and upsampled bilinearly. The coarse
+smoothing is fitted to albumentations' correlation over 1-16 px (``_coarse_sigma``) and the scale
+matches its per-pixel spread exactly in expectation (``_field_scale``), at about a fifteenth of
+the cost. ``tests/data/test_augment.py`` compares its statistics with albumentations' own field.
+Tiles are square (the data format's ``tile_size``), so rotate90 keeps the shape.
 
 Colour jitter (brightness, contrast, saturation in random order, albumentations' torchvision-style
 uint8 functions) touches RGB only (NDVI, relative elevation and shaded relief are measurements, not
@@ -221,8 +222,10 @@ class Augmenter:
 
     def apply(self, rgb: np.ndarray, extra: np.ndarray | None, label: np.ndarray):
         """One draw: ``(rgb uint8 (H,W,3), extra float32 (H,W,C) or None, label (H,W))``, each warped alike."""
-        rgb = self._color(np.ascontiguousarray(rgb))
         h, w = label.shape
+        if h != w and self.cfg.rotate90_p > 0:
+            raise ValueError(f"augment.rotate90_p needs square tiles, got {h}x{w}; crop square or set augment.rotate90_p: 0")
+        rgb = self._color(np.ascontiguousarray(rgb))
         geometry = self.draw(h, w)
         if extra is not None and not extra.shape[-1]:
             extra = None
