@@ -310,3 +310,31 @@ def test_rotate90_on_a_non_square_tile_is_refused_in_one_line():
         Augmenter(AugmentConfig()).apply(rgb, None, label)
     out, _, lab = Augmenter(AugmentConfig(rotate90_p=0)).apply(rgb, None, label)
     assert out.shape == (32, 48, 3) and lab.shape == (32, 48)
+
+
+def test_load_sample_reads_what_load_gives_and_falls_back_on_other_headers(tmp_path):
+    from rts.authoring.synth import synthesize
+    from rts.data.splits import read_metadata
+    from rts.data.store import TileStore
+
+    synthesize(tmp_path / "d", n_pos=3, n_neg=3, tile_size=64, n_regions=3, seed=4)
+    ids = [r["tile_id"] for r in read_metadata(tmp_path / "d")]
+    cached, plain = TileStore(tmp_path / "d", tmp_path / "cache"), TileStore(tmp_path / "d")
+    for store in (cached, plain):
+        for tid in ids[:3]:
+            tile = store.load(tid)
+            for index in ([], [0, 2], [3, 1], [0, 1, 2, 3]):
+                rgb, extra, label = store.load_sample(tid, index)
+                np.testing.assert_array_equal(rgb, tile.rgb)
+                np.testing.assert_array_equal(label, tile.label)
+                if index:
+                    assert extra.dtype == np.float32
+                    np.testing.assert_array_equal(extra, np.asarray(tile.extra)[index])
+                else:
+                    assert extra is None
+    # an entry np.save did not write in the plain form (here Fortran order) is read by np.load instead
+    rgbl_path, extra_path = cached._cache_paths(ids[0])
+    ref = np.load(extra_path)
+    np.save(extra_path, np.asfortranarray(ref))
+    _, extra, _ = cached.load_sample(ids[0], [1, 3])
+    np.testing.assert_array_equal(extra, ref[[1, 3]])

@@ -97,10 +97,9 @@ class TileDataset(Dataset):
             rgb, extra, label = self._multires(rec.tile_id, scale, self.windows.tile_size)
             channels_last = True
         else:
-            tile = self.store.load(rec.tile_id)
-            rgb = tile.rgb  # (3, H, W) uint8: the planes as stored, no copy
-            extra = np.asarray(tile.extra)[self.normalizer.extra_index] if self.normalizer.extra_index else None
-            label = np.array(tile.label)
+            # (3, H, W) uint8 planes as stored, the selected EXTRA planes, the label
+            rgb, extra, label = self.store.load_sample(rec.tile_id, self.normalizer.extra_index)
+            label = np.array(label)
             channels_last = False
         rng = np.random.default_rng(sample_seed if sample_seed is not None else index)
         if crop_size is not None and crop_size < label.shape[0]:

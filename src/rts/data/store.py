@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -104,6 +105,24 @@ class TileStore:
         self.write_cache(tile_id, tile)
         return tile
 
+    def load_sample(self, tile_id: str, extra_index: list[int]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(rgb (3, H, W) uint8, the selected EXTRA planes (k, H, W) float32 or None, label (H, W))``.
+
+        The values of :meth:`load` for a training sample, read from the cache without memory
+        maps: the RGB + label file whole and only the selected EXTRA planes (opening two memory
+        maps and parsing their headers costs more than reading a 512 px tile). Anything but the
+        plain header ``np.save`` writes goes through :meth:`load`.
+        """
+        if self.cache_dir is not None:
+            rgbl_path, extra_path = self._cache_paths(tile_id)
+            if rgbl_path.exists() and extra_path.exists():  # a whole entry, as load() requires
+                rgbl = _read_npy(rgbl_path)
+                extra = _read_npy(extra_path, extra_index) if extra_index else None
+                if rgbl is not None and (extra is not None or not extra_index):
+                    return rgbl[:3], extra, rgbl[3]
+        tile = self.load(tile_id)
+        return tile.rgb, (np.asarray(tile.extra)[extra_index] if extra_index else None), np.asarray(tile.label)
+
     def put_decoded(self, tile_id: str, bands: dict[str, np.ndarray]) -> None:
         """Fill the cache from bands already decoded elsewhere (``rts check`` reads every tile):
         ``{"rgb": (3, H, W), "extra": (4, H, W), "label": (1, H, W)}`` as read from the files.
@@ -130,6 +149,42 @@ class TileStore:
         except OSError as e:
             rgbl_path.unlink(missing_ok=True)
             raise unwritable(path, e, "run again", alternative="set data.cache: false to read the tiles without a cache") from e
+
+
+_NPY_HEADER = re.compile(rb"\{'descr': '([<>|=]?[a-z]\d+)', 'fortran_order': False, 'shape': \(([\d, ]*)\), \} *\n")
+
+
+def _read_npy(path: Path, planes: list[int] | None = None) -> np.ndarray | None:
+    """A C-order ``.npy`` file of version 1 as ``np.save`` writes it, read whole or (``planes``)
+    only those indices of its first axis; None when the file is missing, has another header or is
+    short (the caller then reads it with ``np.load``, which says what is wrong)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(10)
+            if len(head) < 10 or head[:6] != b"\x93NUMPY" or head[6] != 1:
+                return None
+            n_header = int.from_bytes(head[8:10], "little")
+            m = _NPY_HEADER.fullmatch(f.read(n_header))
+            if m is None:
+                return None
+            dtype = np.dtype(m.group(1).decode())
+            shape = tuple(int(x) for x in m.group(2).split(b",") if x.strip())
+            if dtype.hasobject or not shape:
+                return None
+            if planes is None:
+                out = np.empty(shape, dtype)
+                return out if f.readinto(memoryview(out).cast("B")) == out.nbytes else None
+            out = np.empty((len(planes), *shape[1:]), dtype)
+            plane_bytes = out[0].nbytes if len(planes) else 0
+            for i, c in enumerate(planes):
+                if not 0 <= c < shape[0]:
+                    return None
+                f.seek(10 + n_header + c * plane_bytes)
+                if f.readinto(memoryview(out[i]).cast("B")) != plane_bytes:
+                    return None
+            return out
+    except FileNotFoundError:
+        return None
 
 
 def unwritable(path: str | os.PathLike, error: OSError, rerun: str, *, alternative: str = "", kept: str = "") -> OutputError:
