@@ -95,11 +95,11 @@ class TileDataset(Dataset):
         rec = self.tiles[index]
         if scale != 1.0:
             rgb, extra, label = self._multires(rec.tile_id, scale, self.windows.tile_size)
+            extra = extra if extra.shape[-1] else None
             channels_last = True
         else:
             # (3, H, W) uint8 planes as stored, the selected EXTRA planes, the label
             rgb, extra, label = self.store.load_sample(rec.tile_id, self.normalizer.extra_index)
-            label = np.array(label)
             channels_last = False
         rng = np.random.default_rng(sample_seed if sample_seed is not None else index)
         if crop_size is not None and crop_size < label.shape[0]:
@@ -117,8 +117,6 @@ class TileDataset(Dataset):
                 extra = None if extra is None else cv2.merge([np.ascontiguousarray(p, np.float32) for p in extra]).reshape(*label.shape, -1)
                 channels_last = True
             rgb, extra, label = self.augmenter.apply(rgb, extra, label)
-        if extra is not None and not extra.shape[-1 if channels_last else 0]:
-            extra = None
         image = self.normalizer.planes(rgb, extra, channels_last=channels_last)
         valid = valid_mask(label, self.boundary_ignore_width)
         target = soft_targets(label, self.soft_label_sigma) if self.soft_labels else (label == 1).astype(np.float32)

@@ -106,7 +106,8 @@ class TileStore:
         return tile
 
     def load_sample(self, tile_id: str, extra_index: list[int]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """``(rgb (3, H, W) uint8, the selected EXTRA planes (k, H, W) float32 or None, label (H, W))``.
+        """``(rgb (3, H, W) uint8, the selected EXTRA planes (k, H, W) float32 or None, label (H, W))``,
+        each the caller's own (no view of a memory map or of the cache's files).
 
         The values of :meth:`load` for a training sample, read from the cache without memory
         maps: the RGB + label file whole and only the selected EXTRA planes (opening two memory
@@ -121,7 +122,7 @@ class TileStore:
                 if rgbl is not None and (extra is not None or not extra_index):
                     return rgbl[:3], extra, rgbl[3]
         tile = self.load(tile_id)
-        return tile.rgb, (np.asarray(tile.extra)[extra_index] if extra_index else None), np.asarray(tile.label)
+        return np.array(tile.rgb), (np.asarray(tile.extra)[extra_index] if extra_index else None), np.array(tile.label)
 
     def put_decoded(self, tile_id: str, bands: dict[str, np.ndarray]) -> None:
         """Fill the cache from bands already decoded elsewhere (``rts check`` reads every tile):
