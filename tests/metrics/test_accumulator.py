@@ -77,8 +77,12 @@ def test_all_ignore_tile_counts_nothing():
 
 def test_invalid_inputs_are_named():
     acc = EvalAccumulator(**SMALL)
-    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        acc.update(np.full((4, 4), 1.5), np.zeros((4, 4), np.uint8), positive_tile=True)
+    for bad in (1.5, -0.1, np.nan, np.inf, -np.inf):
+        for dtype in (np.float64, np.float32):
+            prob = np.full((4, 4), 0.5, dtype)
+            prob[2, 3] = bad
+            with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+                acc.update(prob, np.zeros((4, 4), np.uint8), positive_tile=True)
     with pytest.raises(ValueError, match="label values"):
         acc.update(np.zeros((4, 4)), np.full((4, 4), 7, np.uint8), positive_tile=True)
     with pytest.raises(ValueError, match="IoU 0.7 was not accumulated"):
@@ -167,3 +171,33 @@ def test_compiled_pixel_counts_equal_the_numpy_counts(n_bins, label_dtype):
         got, ref = _tile_pixel_counts(p, label, n_bins, threshold), _tile_pixel_counts_reference(p, label, n_bins, threshold)
         np.testing.assert_array_equal(got[0], ref[0])
         np.testing.assert_array_equal(got[1], ref[1])
+        # float32 maps (the model's output) are counted as they are, as if converted to float64
+        p32 = np.concatenate([p.ravel(), edges.astype(np.float32), np.nextafter(edges.astype(np.float32), np.float32(-1)).clip(0, 1),
+                              np.nextafter(edges.astype(np.float32), np.float32(2)).clip(0, 1)]).astype(np.float32).reshape(1, -1)
+        label32 = rng.choice(np.array([0, 1, 255], label_dtype), p32.size).reshape(1, -1)
+        got = _tile_pixel_counts(p32, label32, n_bins, threshold)
+        ref = _tile_pixel_counts_reference(p32.astype(np.float64), label32, n_bins, threshold)
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.9])
+def test_a_grid_of_the_operating_threshold_alone_equals_the_grid_pass(threshold):
+    """Validation in training accumulates the grid [operating threshold] from the operating point's
+    matching instead of the grid pass: the same counts as the grid pass and its reference."""
+    from rts.metrics import grid_object_counts, grid_object_counts_reference
+
+    acc = EvalAccumulator(operating_threshold=threshold, object_thresholds=[threshold], iou_thresholds=(0.1, 0.3, 0.5),
+                          min_object_px=4)
+    tiles = _tiles(11, n=24)
+    grid = np.zeros_like(acc.obj_grid)
+    for prob, label, pos, region in tiles:
+        acc.update(prob, label, positive_tile=pos, region=region)
+        fast = grid_object_counts(prob, label, acc.grid, acc.iou_thresholds, min_object_px=4)
+        np.testing.assert_array_equal(fast, grid_object_counts_reference(prob, label, acc.grid, acc.iou_thresholds, min_object_px=4))
+        grid[0 if pos else 1] += fast
+    from rts.metrics.report import NEG, POS
+
+    np.testing.assert_array_equal(acc.obj_grid[POS], grid[0])
+    np.testing.assert_array_equal(acc.obj_grid[NEG], grid[1])
+    assert acc.obj_grid.sum() > 0 and acc.obj_grid[..., 0].sum() > 0  # something matched

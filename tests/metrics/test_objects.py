@@ -13,9 +13,11 @@ from rts.metrics import (
     grid_object_counts_reference,
     grid_thresholds,
     gt_components,
+    gt_components_reference,
     match_objects,
     max_diameter_m,
     pred_components,
+    pred_components_reference,
 )
 
 
@@ -214,6 +216,77 @@ def test_grid_pass_counts_equal_the_reference_property(scene, tie_tolerance):
             objects._TIE_TOLERANCE = saved
     ref = grid_object_counts_reference(prob, label, grid, ious, min_object_px=min_px)
     np.testing.assert_array_equal(fast, ref)
+
+
+def _assert_same_components(fast, ref):
+    for field in ("labels", "area", "size", "score"):
+        a, b = getattr(fast, field), getattr(ref, field)
+        assert a.dtype == b.dtype and a.shape == b.shape, (field, a.dtype, b.dtype, a.shape, b.shape)
+        np.testing.assert_array_equal(a, b, err_msg=field)  # bit for bit: scores are summed in the same order
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenes(), st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]))
+def test_compiled_components_equal_the_reference_property(scene, threshold):
+    """Labels (ids by first pixel in raster order), areas, sizes and mean scores of the compiled
+    labelling equal the ``ndimage.label`` path's, for every map kind, dtype, shape and minimum size."""
+    prob, label, _, _, min_px = scene
+    _assert_same_components(pred_components(prob, label, threshold, min_object_px=min_px),
+                            pred_components_reference(prob, label, threshold, min_object_px=min_px))
+    _assert_same_components(gt_components(label, min_object_px=min_px), gt_components_reference(label, min_object_px=min_px))
+
+
+@pytest.mark.parametrize("pattern", ["checkerboard", "spiral", "all", "none", "u-shapes", "tile"])
+def test_compiled_components_on_hard_shapes(pattern):
+    """Shapes where a raster scan meets one component under many provisional labels (U shapes,
+    a spiral, diagonal-only contacts), the most components a map can hold, a full map and a
+    512 px tile of the benchmark's kind."""
+    size = 64
+    rng = np.random.default_rng(5)
+    if pattern == "checkerboard":  # 8-connected: one component; every second pixel alone in 4-connectivity
+        mask = (np.add.outer(np.arange(size), np.arange(size)) % 2) == 0
+    elif pattern == "spiral":
+        mask = np.zeros((size, size), bool)
+        r0, r1, c0, c1 = 0, size - 1, 0, size - 1
+        while r0 <= r1 and c0 <= c1:
+            mask[r0, c0:c1 + 1] = True
+            mask[r0:r1 + 1, c1] = True
+            mask[r1, c0:c1 + 1] = True
+            mask[r0 + 2:r1 + 1, c0] = True
+            r0, r1, c0, c1 = r0 + 2, r1 - 2, c0 + 2, c1 - 2
+            if r0 <= r1 and c0 <= c1:
+                mask[r0 - 1, c0] = True  # joins each ring to the next
+    elif pattern == "all":
+        mask = np.ones((size, size), bool)
+    elif pattern == "none":
+        mask = np.zeros((size, size), bool)
+    elif pattern == "u-shapes":
+        mask = np.zeros((size, size), bool)
+        for c in range(0, size - 4, 5):
+            mask[0:size - c // 2, c] = True
+            mask[0:size - c // 2, c + 2] = True
+            mask[size - c // 2 - 1, c:c + 3] = True
+        mask[::7, ::3] = True
+    else:
+        size = 512
+        logit = ndi.gaussian_filter(rng.normal(0, 1, (size, size)), 8) * 20 - 4 + rng.normal(0, 0.5, (size, size))
+        mask = logit > 0
+    prob = np.where(mask, rng.uniform(0.5, 1.0, mask.shape), rng.uniform(0, 0.5, mask.shape)).astype(np.float32)
+    label = np.where(rng.random(mask.shape) < 0.1, 255, np.where(mask[::-1], 1, 0)).astype(np.uint8)
+    for min_px in (1, 3, 200):
+        _assert_same_components(pred_components(prob, label, 0.5, min_object_px=min_px),
+                                pred_components_reference(prob, label, 0.5, min_object_px=min_px))
+        _assert_same_components(gt_components(label, min_object_px=min_px), gt_components_reference(label, min_object_px=min_px))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_component_diameters_equal_max_diameter_of_each_mask(seed):
+    rng = np.random.default_rng(seed)
+    prob, label = _random_scene(rng, size=64, n_gt=8)
+    label[rng.random(label.shape) < 0.02] = 1  # single pixels and lines too
+    for comp in (gt_components(label, min_object_px=1), pred_components(prob, label, 0.5, min_object_px=1)):
+        assert comp.n > 0
+        assert objects.component_diameters_m(comp, 3.0) == [max_diameter_m(comp.mask(j), 3.0) for j in range(comp.n)]
 
 
 def test_grid_pass_on_a_512px_tile_equals_the_reference():

@@ -18,11 +18,13 @@ from rts.metrics.objects import (
     grid_object_counts_reference,
     grid_thresholds,
     gt_components,
+    gt_components_reference,
     intersections,
     iou_from_intersections,
     match_objects,
     max_diameter_m,
     pred_components,
+    pred_components_reference,
     size_class,
 )
 from rts.metrics.pixel import Curve, average_precision, curve_from_histograms, curve_from_scores, fbeta
@@ -42,10 +44,12 @@ __all__ = [
     "grid_object_counts_reference",
     "grid_thresholds",
     "gt_components",
+    "gt_components_reference",
     "intersections",
     "iou_from_intersections",
     "match_objects",
     "max_diameter_m",
     "pred_components",
+    "pred_components_reference",
     "size_class",
 ]

@@ -40,16 +40,37 @@ def _check_settings(
         raise ValueError(f"min_object_px must be >= 1 and merge_distance_px >= 0, got {min_object_px}, {merge_distance_px}")
 
 
+@numba.njit(cache=True, nogil=True)
+def _tile_ok_kernel(p: np.ndarray, label: np.ndarray) -> tuple[bool, bool]:
+    """(every probability finite and in [0, 1], every label 0, 1 or 255), in one pass."""
+    prob_ok = True
+    label_ok = True
+    for i in range(p.size):
+        v = p[i]
+        if not (v >= 0.0 and v <= 1.0):  # NaN and +-inf fail too
+            prob_ok = False
+        lab = label[i]
+        if lab > 1 and lab != IGNORE:
+            label_ok = False
+    return prob_ok, label_ok
+
+
 def _check_tile(prob: Any, label: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(prob as float64, label)`` of one tile, after checking shapes and value ranges."""
+    """``(prob, label)`` of one tile, after checking shapes and value ranges.
+
+    ``prob`` stays float32 when it is float32 (every count compares and bins it in float64, as
+    the converted map would be); other dtypes become float64.
+    """
     prob = np.asarray(prob)
     label = np.asarray(label)
     if prob.ndim != 2 or prob.shape != label.shape:
         raise ValueError(f"prob {prob.shape} and label {label.shape} must be the same (H, W)")
-    p = prob.astype(np.float64, copy=False)
-    if not np.isfinite(p).all() or p.min(initial=0.0) < 0 or p.max(initial=0.0) > 1:
+    p = np.ascontiguousarray(prob) if prob.dtype in (np.float32, np.float64) else np.ascontiguousarray(prob, dtype=np.float64)
+    label = np.ascontiguousarray(label)
+    prob_ok, label_ok = _tile_ok_kernel(p.ravel(), label.ravel())
+    if not prob_ok:
         raise ValueError(f"probabilities must be finite and in [0, 1]; got range [{np.nanmin(p)}, {np.nanmax(p)}]")
-    if np.any((label > 1) & (label != IGNORE)):
+    if not label_ok:
         raise ValueError(f"label values must be 0, 1 or {IGNORE}; found {np.unique(label).tolist()}")
     return p, label
 
@@ -78,7 +99,8 @@ def _tile_pixel_counts(p: np.ndarray, label: np.ndarray, n_bins: int, threshold:
     """
     hist = np.zeros((2, n_bins), np.int64)
     op = np.zeros(3, np.int64)
-    _pixel_counts_kernel(np.ascontiguousarray(p, dtype=np.float64).ravel(), np.ascontiguousarray(label).ravel(), n_bins,
+    p = np.ascontiguousarray(p) if p.dtype in (np.float32, np.float64) else np.ascontiguousarray(p, dtype=np.float64)
+    _pixel_counts_kernel(p.ravel(), np.ascontiguousarray(label).ravel(), n_bins,
                          float(threshold), hist, op)
     return hist, op
 
@@ -113,7 +135,12 @@ def _tile_object_counts(p: np.ndarray, label: np.ndarray, acc: EvalAccumulator) 
     """One tile's object counts under the settings of ``acc`` (read only, nothing is added to it)."""
     ious, min_px, merge_px = acc.iou_thresholds, acc.min_object_px, acc.merge_distance_px
     gt = obj.gt_components(label, min_object_px=min_px)
-    if merge_px > 1:
+    # a grid of the operating threshold alone (validation in training) is the operating point's
+    # counts, filled in below: the same components and the same matching
+    op_grid = acc.grid.size == 1 and acc.grid[0] == acc.operating_threshold
+    if op_grid:
+        grid = None
+    elif merge_px > 1:
         grid = obj.grid_object_counts_reference(p, label, acc.grid, ious, min_object_px=min_px, merge_distance_px=merge_px)
     else:
         grid = obj.grid_object_counts(p, label, acc.grid, ious, min_object_px=min_px, gt=gt)
@@ -121,7 +148,7 @@ def _tile_object_counts(p: np.ndarray, label: np.ndarray, acc: EvalAccumulator) 
     inter = obj.intersections(pred, gt)
     iou = obj.iou_from_intersections(inter, pred.area, gt.area)
     order = obj.score_order(pred.score)
-    classes = np.array([obj.size_class(obj.max_diameter_m(gt.mask(j), acc.pixel_size_m)) for j in range(gt.n)], np.int64)
+    classes = np.array([obj.size_class(d) for d in obj.component_diameters_m(gt, acc.pixel_size_m)], np.int64)
     n_hits = (inter > 0).sum(axis=0)  # predicted components touching each GT object
     counts = np.zeros((len(ious), 3), np.int64)
     frag = np.zeros((len(ious), 2), np.int64)
@@ -138,6 +165,8 @@ def _tile_object_counts(p: np.ndarray, label: np.ndarray, acc: EvalAccumulator) 
         frag[m] = (gt_hit.sum(), (gt_hit & (n_hits > 1)).sum())
         np.add.at(size_gt[m, :, 0], classes, 1)
         np.add.at(size_gt[m, :, 1], classes[gt_hit], 1)
+    if grid is None:
+        grid = counts[None].copy()
     return _TileObjects(grid, counts, frag, size_gt, pred.score[order], matched[order])
 
 
@@ -331,7 +360,7 @@ class EvalAccumulator:
         self.pix_op[cls] += pix_counts
         if self.exact:
             valid = label != IGNORE
-            self.exact_scores.append((cls, p[valid].copy(), label[valid] == 1))
+            self.exact_scores.append((cls, p[valid].astype(np.float64), label[valid] == 1))
         obj_counts = self._update_objects(p, label, cls) if self.objects else np.zeros((len(self.iou_thresholds), 3), np.int64)
         if region is not None:
             r = self._region(str(region))
