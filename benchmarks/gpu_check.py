@@ -51,11 +51,14 @@ PEAK_BF16 = {"H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200"
 
 FULL = {
     "arch": "unetplusplus", "encoder": "efficientnet-b7", "tile": 512, "batch": 32, "steps": 10, "warmup": 3,
-    "infer_batch": 64, "infer_batches": 10, "max_batch": 512, "train_epochs": 1,
+    "infer_batch": 64, "infer_batches": 10, "max_batch": 512, "train_epochs": 1, "compile_backend": "inductor",
 }
 SMOKE = {
     "arch": "unet", "encoder": "resnet18", "tile": 64, "batch": 2, "steps": 2, "warmup": 1,
     "infer_batch": 2, "infer_batches": 2, "max_batch": 4, "train_epochs": 1,
+    # dynamo + AOT autograd as on the GPU, without inductor's C++ build (minutes on 2 cores; CPU inductor
+    # is what tests/training/test_gpu_path.py checks against eager)
+    "compile_backend": "aot_eager",
 }
 
 
@@ -130,7 +133,7 @@ def _setup(p: dict, *, compile_: bool):
     from rts.training.profile import StepSetup
 
     return StepSetup(model=ModelConfig(arch=p["arch"], encoder=p["encoder"], encoder_weights=None), tile_size=p["tile"],
-                     mixed_precision=True, channels_last=True, compile=compile_, ema=True)
+                     mixed_precision=True, channels_last=True, compile=compile_, compile_backend=p["compile_backend"], ema=True)
 
 
 def forward_flops(p: dict, device: torch.device) -> int:
@@ -162,7 +165,8 @@ def training(p: dict, device: torch.device, gpu_name: str) -> dict:
             out[name] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             continue
         ips = trial.images_per_s
-        out[name] = {"images_per_s": ips, "step_time_s": trial.step_time_s, "peak_memory_bytes": trial.peak_memory_bytes,
+        out[name] = {"compile_backend": p["compile_backend"] if compile_ else None, "images_per_s": ips,
+                     "step_time_s": trial.step_time_s, "peak_memory_bytes": trial.peak_memory_bytes,
                      "oom": trial.oom, "mfu": (ips * 3 * flops / peak) if (ips and peak) else None,
                      "seconds_incl_warmup": round(time.perf_counter() - t, 1)}
         if device.type == "cuda":

@@ -24,6 +24,7 @@ def test_gpu_check_smoke_writes_every_field(tmp_path):
     assert nv["checkpoint_rng_states"] == nv["nproc"] == 1
     for name in ("eager", "compiled"):
         assert "images_per_s" in r["training"][name], r["training"][name]
+    assert r["training"]["compiled"]["compile_backend"] == "aot_eager"  # the smoke traces; the GPU run compiles with inductor
     assert r["training"]["forward_gflops_per_image"] > 0 and "mfu" in r["training"]["eager"]
     assert r["inference"]["tta_none"]["tiles_per_s"] > 0 and r["inference"]["tta_standard"]["tiles_per_s"] > 0
     assert r["profile"]["max_fitting_batch"] >= 1

@@ -1,4 +1,5 @@
-"""One throw-away git + DVC repository for every test of the experiment runner and the search: the
+"""One throw-away git + DVC repository per worker for the tests of the experiment runner and the search
+(their xdist groups differ, so under ``-n 2`` each worker builds one and the two run side by side): the
 project's files, tiny synthetic data added to DVC, params.yaml set to the tiny test configuration
 (``workdir.TINY``, one short epoch) with ``prepare`` run and committed, so each experiment starts
 from the prepared data in the DVC cache and costs only train, evaluate and calibrate."""

@@ -20,7 +20,7 @@ from workdir import run
 
 from rts.experiments.runner import RUNNER_DIR
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("search")]  # its own exp_repo on the other worker: the runner and the search run side by side
 
 AUDITED = [sys.executable, str(Path(__file__).with_name("audited.py"))]
 

@@ -346,6 +346,7 @@ def test_plots_show_and_diff_render_offline_with_data_in_every_chart(exp_run, tm
         assert all(chart.revs.get(e, 0) > 0 for e in exps), f"{chart.title}: rows per experiment {chart.revs}, expected {exps}"
 
 
+@pytest.mark.xdist_group("demo_dataset")  # needs none of the module's repository: free to run beside it
 def test_regenerated_demo_dataset_matches_the_pinned_hash(tmp_path):
     """`rts synth data --preset demo` reproduces exactly the dataset `data.dvc` pins."""
     shutil.copy(REPO / "data.dvc", tmp_path / "data.dvc")

@@ -73,6 +73,9 @@ class StepSetup:
         mixed_precision: ``train.mixed_precision`` (bf16 / fp16 + scaler on CUDA, fp32 on CPU).
         channels_last: ``train.channels_last`` (applied on CUDA only, as in training).
         compile: ``train.compile`` (``torch.compile`` the model).
+        compile_backend: ``torch.compile``'s backend: ``inductor`` (what training uses); the GPU
+            check's CPU smoke takes ``aot_eager``, which traces and runs the same graphs without
+            generating C++ (what inductor compiles on a CPU is not what it compiles on a GPU).
         ema: ``train.ema`` (an EMA copy of the weights, updated every step).
         grad_clip_norm: ``optim.grad_clip_norm`` (0 = off).
         lr, weight_decay: AdamW settings (they do not change the cost; kept for fidelity).
@@ -85,6 +88,7 @@ class StepSetup:
     mixed_precision: bool = True
     channels_last: bool = True
     compile: bool = False
+    compile_backend: str = "inductor"
     ema: bool = True
     grad_clip_norm: float = 1.0
     lr: float = 1e-4
@@ -292,7 +296,7 @@ class StepProfiler:
             model = model.to(memory_format=torch.channels_last)
         model.train()
         self.model = model
-        self.step_model = torch.compile(model) if setup.compile else model
+        self.step_model = torch.compile(model, backend=setup.compile_backend) if setup.compile else model
         # balanced_ce's positive weight comes from the training split's pixel counts; any value costs the same.
         self.loss_fn = build_loss(setup.loss, focal=_default("focal"), tversky=_default("tversky"),
                                   balanced_ce=_default("balanced_ce"), class_pixel_counts=(1000, 1))
@@ -544,6 +548,7 @@ def profile(
             "channels_last": setup.channels_last and device.type == "cuda",
             "nproc": setup.nproc,
             "compile": setup.compile,
+            "compile_backend": setup.compile_backend if setup.compile else None,
             "ema": setup.ema,
             "optimizer": "AdamW",
             "steps": steps,
