@@ -83,8 +83,12 @@ def test_invalid_inputs_are_named():
             prob[2, 3] = bad
             with pytest.raises(ValueError, match="in \\[0, 1\\]"):
                 acc.update(prob, np.zeros((4, 4), np.uint8), positive_tile=True)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):  # on a pixel labelled 255 too
+        acc.update(np.where(np.eye(4, dtype=bool), np.nan, 0.5), np.where(np.eye(4, dtype=bool), 255, 0).astype(np.uint8),
+                   positive_tile=True)
     with pytest.raises(ValueError, match="label values"):
         acc.update(np.zeros((4, 4)), np.full((4, 4), 7, np.uint8), positive_tile=True)
+    assert acc.n_tiles.sum() == 0 and acc.pix_hist.sum() == 0 and acc.pix_op.sum() == 0  # a refused tile adds nothing
     with pytest.raises(ValueError, match="IoU 0.7 was not accumulated"):
         acc.result(primary_iou=0.7)
 

@@ -40,49 +40,41 @@ def _check_settings(
         raise ValueError(f"min_object_px must be >= 1 and merge_distance_px >= 0, got {min_object_px}, {merge_distance_px}")
 
 
-@numba.njit(cache=True, nogil=True)
-def _tile_ok_kernel(p: np.ndarray, label: np.ndarray) -> tuple[bool, bool]:
-    """(every probability finite and in [0, 1], every label 0, 1 or 255), in one pass."""
-    prob_ok = True
-    label_ok = True
-    for i in range(p.size):
-        v = p[i]
-        if not (v >= 0.0 and v <= 1.0):  # NaN and +-inf fail too
-            prob_ok = False
-        lab = label[i]
-        if lab > 1 and lab != IGNORE:
-            label_ok = False
-    return prob_ok, label_ok
-
-
 def _check_tile(prob: Any, label: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(prob, label)`` of one tile, after checking shapes and value ranges.
+    """``(prob, label)`` of one tile as contiguous arrays, after checking their shapes.
 
     ``prob`` stays float32 when it is float32 (every count compares and bins it in float64, as
-    the converted map would be); other dtypes become float64.
+    the converted map would be); other dtypes become float64. The values are checked by
+    :func:`_tile_pixel_counts`, in its counting pass.
     """
     prob = np.asarray(prob)
     label = np.asarray(label)
     if prob.ndim != 2 or prob.shape != label.shape:
         raise ValueError(f"prob {prob.shape} and label {label.shape} must be the same (H, W)")
     p = np.ascontiguousarray(prob) if prob.dtype in (np.float32, np.float64) else np.ascontiguousarray(prob, dtype=np.float64)
-    label = np.ascontiguousarray(label)
-    prob_ok, label_ok = _tile_ok_kernel(p.ravel(), label.ravel())
-    if not prob_ok:
-        raise ValueError(f"probabilities must be finite and in [0, 1]; got range [{np.nanmin(p)}, {np.nanmax(p)}]")
-    if not label_ok:
-        raise ValueError(f"label values must be 0, 1 or {IGNORE}; found {np.unique(label).tolist()}")
-    return p, label
+    return p, np.ascontiguousarray(label)
 
 
 @numba.njit(cache=True, nogil=True)
-def _pixel_counts_kernel(p: np.ndarray, label: np.ndarray, n_bins: int, threshold: float, hist: np.ndarray, op: np.ndarray) -> None:
-    """:func:`_tile_pixel_counts_reference` in one compiled pass, adding into ``hist`` and ``op``."""
+def _pixel_counts_kernel(p: np.ndarray, label: np.ndarray, n_bins: int, threshold: float, hist: np.ndarray, op: np.ndarray) -> tuple[bool, bool]:
+    """:func:`_tile_pixel_counts_reference` in one compiled pass, adding into ``hist`` and ``op``.
+
+    Returns (every probability finite and in [0, 1], every label 0, 1 or 255); when either is
+    False the counts are incomplete and must be discarded.
+    """
+    prob_ok = True
+    label_ok = True
     for i in range(p.size):
+        v = p[i]
+        if not (v >= 0.0 and v <= 1.0):  # NaN and +-inf fail too; checked on 255 pixels as well
+            prob_ok = False
+            continue
         lab = label[i]
         if lab == IGNORE:
             continue
-        v = p[i]
+        if lab > 1:
+            label_ok = False
+            continue
         b = min(int(v * n_bins), n_bins - 1)  # bin_index: floor for p >= 0, p = 1 in the last bin
         rts = lab == 1
         hist[1 if rts else 0, b] += 1
@@ -90,18 +82,24 @@ def _pixel_counts_kernel(p: np.ndarray, label: np.ndarray, n_bins: int, threshol
             op[0 if rts else 1] += 1
         elif rts:
             op[2] += 1
+    return prob_ok, label_ok
 
 
 def _tile_pixel_counts(p: np.ndarray, label: np.ndarray, n_bins: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """One tile's pixel counts: the [label 0/1, score bin] histogram and TP/FP/FN at ``threshold``.
 
-    Compiled; the same counts as :func:`_tile_pixel_counts_reference` (tested).
+    Compiled; the same counts as :func:`_tile_pixel_counts_reference` (tested). Raises ValueError
+    when a probability is not finite or outside [0, 1], or a label is not 0, 1 or 255.
     """
     hist = np.zeros((2, n_bins), np.int64)
     op = np.zeros(3, np.int64)
     p = np.ascontiguousarray(p) if p.dtype in (np.float32, np.float64) else np.ascontiguousarray(p, dtype=np.float64)
-    _pixel_counts_kernel(p.ravel(), np.ascontiguousarray(label).ravel(), n_bins,
-                         float(threshold), hist, op)
+    label = np.ascontiguousarray(label)
+    prob_ok, label_ok = _pixel_counts_kernel(p.ravel(), label.ravel(), n_bins, float(threshold), hist, op)
+    if not prob_ok:
+        raise ValueError(f"probabilities must be finite and in [0, 1]; got range [{np.nanmin(p)}, {np.nanmax(p)}]")
+    if not label_ok:
+        raise ValueError(f"label values must be 0, 1 or {IGNORE}; found {np.unique(label).tolist()}")
     return hist, op
 
 
@@ -353,9 +351,9 @@ class EvalAccumulator:
             region: region name for the per-region breakdown (None: not broken down).
         """
         p, label = _check_tile(prob, label)
+        hist, pix_counts = _tile_pixel_counts(p, label, self.n_bins, self.operating_threshold)  # checks the values
         cls = POS if positive_tile else NEG
         self.n_tiles[cls] += 1
-        hist, pix_counts = _tile_pixel_counts(p, label, self.n_bins, self.operating_threshold)
         self.pix_hist[cls] += hist
         self.pix_op[cls] += pix_counts
         if self.exact:
