@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from rts.tracking import Tracker
@@ -108,3 +110,41 @@ def test_a_stopped_or_crashed_training_is_not_recorded_as_finished(tmp_path, mon
         assert e is raised
     tracker.close()  # a second close does nothing
     assert _client(uri).get_run(tracker.run_id).info.status == status
+
+
+def test_a_sigterm_lost_in_a_callback_from_c_still_ends_the_run_as_killed(tmp_path, monkeypatch):
+    """The runner's SIGTERM landed while numba compiled a kernel: the handler's SystemExit was raised
+    inside a ctypes callback, printed as ignored, and the compiler then failed with RuntimeError, so
+    the stopped attempt was recorded as FAILED. Reproduced with a real signal delivered during a real
+    ctypes callback: the run is KILLED and the block leaves as SystemExit(143)."""
+    import ctypes
+    import signal
+
+    from rts.training import loop
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(loop._Stop, "signum", None)
+    previous = signal.signal(signal.SIGTERM, loop._exit_on_sigterm)
+    tracker = Tracker(active=True, mlflow_enabled=True, tracking_uri=uri, experiment="rts", live_dir=str(tmp_path / "live"))
+
+    @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    def compare(a, b):  # called from C by qsort; the signal's handler runs in here
+        if loop._Stop.signum is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes of this callback
+                pass
+        return 0
+
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            with tracker.ending(loop._stop_signal):
+                tracker.log_metrics({"train/loss": 0.5}, step=1)
+                values = (ctypes.c_int * 4)(4, 3, 2, 1)
+                ctypes.CDLL(None).qsort(values, 4, ctypes.sizeof(ctypes.c_int), compare)
+                assert loop._Stop.signum == signal.SIGTERM  # the signal arrived, its SystemExit did not get out
+                raise RuntimeError("no compiled object yet")  # what numba's compiler raised next
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert _client(uri).get_run(tracker.run_id).info.status == "KILLED"

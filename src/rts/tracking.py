@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,16 +206,26 @@ class Tracker:
             self.mlflow.log_text(text, name)
 
     @contextlib.contextmanager
-    def ending(self):
+    def ending(self, stop_signal: Callable[[], int | None] = lambda: None):
         """The block a run is recorded in: an exception ends the MLflow run as FAILED, and SIGTERM
         (raised as SystemExit by the training loop) or Ctrl-C as KILLED, then goes on. Without it
-        MLflow's own exit hook ends every run as FINISHED, a stopped or crashed one too."""
+        MLflow's own exit hook ends every run as FINISHED, a stopped or crashed one too.
+
+        ``stop_signal``: the signal that asked the process to stop, if one did. A signal handler's
+        SystemExit is lost when it is raised inside a callback from C (numba's compiler, ctypes),
+        and the code there then fails in its own way: after a stop signal, any exception ends the
+        run as KILLED and leaves as the signal's SystemExit (``128 + signal``).
+        """
         try:
             yield self
         except (SystemExit, KeyboardInterrupt):
             self.close("KILLED")
             raise
-        except BaseException:
+        except BaseException as e:
+            signum = stop_signal()
+            if signum is not None:
+                self.close("KILLED")
+                raise SystemExit(128 + signum) from e
             self.close("FAILED")
             raise
 

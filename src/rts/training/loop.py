@@ -200,7 +200,8 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     resume_path = _resume_decision(run.ckpts, fingerprint, dist, params, data.stats_sha) if tc.resume == "auto" else None
     progress = resume(resume_path, run, data.sampler, dist, device) if resume_path is not None else Progress()
     tracker = start_tracking(params, data.stats, dist, live_dir, progress)
-    with tracker.ending():  # MLflow's status: FINISHED, KILLED (SIGTERM, Ctrl-C) or FAILED, not always FINISHED
+    _Stop.signum = None
+    with tracker.ending(_stop_signal):  # MLflow's status: FINISHED, KILLED (SIGTERM, Ctrl-C) or FAILED, not always FINISHED
         step_fn = TrainStep(model=run.model, optimizer=run.optimizer, scaler=run.scaler, loss_fn=run.loss_fn, amp=amp, device=device,
                             grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=run.ema,
                             channels_last=run.channels_last)
@@ -228,6 +229,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
             train_stats.reset()
             shown = logs.progress(data.loader, total=steps, desc=f"epoch {epoch + 1}/{tc.max_epochs}", unit="step", enabled=dist.is_main)
             for i, batch in enumerate(shown):
+                _raise_if_stopped()
                 for group in run.optimizer.param_groups:
                     group["lr"] = group_lrs(epoch + i / steps, optim=oc, max_epochs=tc.max_epochs)[group["name"]]
                 image = batch["image"].to(device, non_blocking=True)
@@ -244,6 +246,7 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
                     tc.val_unit == "epoch" and last_in_epoch and (epoch + 1) % tc.val_every == 0)
                 if due or (last_in_epoch and epoch + 1 == tc.max_epochs):
                     improved_this_epoch |= validation_point(params, run, data, progress, train_stats, tracker, dist, device, amp, epoch)
+                    _raise_if_stopped()
                     stop = run.stopper.should_stop
                     if stop and not last_in_epoch:
                         break
@@ -629,8 +632,26 @@ def progressive_crop(phases: list[list[int]], epoch: int, tile_size: int) -> int
     return None
 
 
+class _Stop:
+    """The stop signal this process received (None: none yet)."""
+
+    signum: int | None = None
+
+
 def _exit_on_sigterm(signum, frame) -> None:
+    _Stop.signum = signum
     raise SystemExit(128 + signum)
+
+
+def _stop_signal() -> int | None:
+    return _Stop.signum
+
+
+def _raise_if_stopped() -> None:
+    """Leave as the stop signal's SystemExit if one arrived and its own was lost: raised inside a
+    callback from C (numba compiling a kernel, ctypes), it is printed as ignored and the code goes on."""
+    if _Stop.signum is not None:
+        raise SystemExit(128 + _Stop.signum)
 
 
 TRAIN_SUMMARY = ("epoch", "step", "train_loss", "val_realistic_loss", "val_realistic_pr_auc")
