@@ -272,25 +272,10 @@ def gt_components(label: np.ndarray, *, min_object_px: int = 200) -> Components:
     return Components(labels=_kept(lab, keep), area=size[keep], size=size[keep].copy(), score=np.ones(int(keep.sum())))
 
 
-def pred_components_reference(
-    prob: np.ndarray,
-    label: np.ndarray,
-    threshold: float,
-    *,
-    min_object_px: int = 200,
-    merge_distance_px: int = 0,
-) -> Components:
-    """:func:`pred_components` the obvious way (``ndimage.label`` and bincounts): its test oracle,
-    and the path of ``merge_distance_px > 1``.
-
-    Args:
-        prob: (H, W) probabilities.
-        label: (H, W) uint8 {0, 1, 255}; only the 255 pixels are used here.
-        threshold: predict where ``prob >= threshold``.
-        min_object_px: components with fewer pixels are dropped.
-        merge_distance_px: when > 0, components whose closest pixels are at most this many pixels
-            apart (chessboard distance; 1 = touching) form one object.
-    """
+def pred_components_reference(prob: np.ndarray, label: np.ndarray, threshold: float, *, min_object_px: int = 200,
+                              merge_distance_px: int = 0) -> Components:
+    """:func:`pred_components` (same arguments) the obvious way, ``ndimage.label`` and bincounts:
+    its test oracle, and the path of ``merge_distance_px > 1``."""
     prob = np.asarray(prob)
     mask = prob >= np.float64(threshold)  # float32 maps compare in float64, exactly as converted ones
     group = None
