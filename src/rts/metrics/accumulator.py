@@ -51,7 +51,7 @@ def _check_tile(prob: Any, label: Any) -> tuple[np.ndarray, np.ndarray]:
     label = np.asarray(label)
     if prob.ndim != 2 or prob.shape != label.shape:
         raise ValueError(f"prob {prob.shape} and label {label.shape} must be the same (H, W)")
-    p = np.ascontiguousarray(prob) if prob.dtype in (np.float32, np.float64) else np.ascontiguousarray(prob, dtype=np.float64)
+    p = obj.float_map(prob)
     return p, np.ascontiguousarray(label)
 
 
@@ -93,7 +93,7 @@ def _tile_pixel_counts(p: np.ndarray, label: np.ndarray, n_bins: int, threshold:
     """
     hist = np.zeros((2, n_bins), np.int64)
     op = np.zeros(3, np.int64)
-    p = np.ascontiguousarray(p) if p.dtype in (np.float32, np.float64) else np.ascontiguousarray(p, dtype=np.float64)
+    p = obj.float_map(p)
     label = np.ascontiguousarray(label)
     prob_ok, label_ok = _pixel_counts_kernel(p.ravel(), label.ravel(), n_bins, float(threshold), hist, op)
     if not prob_ok:

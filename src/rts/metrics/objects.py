@@ -53,6 +53,11 @@ class Components:
     size: np.ndarray
     score: np.ndarray
 
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> Components:
+        """No component on an (H, W) tile."""
+        return cls(labels=np.zeros(shape, np.int32), area=np.zeros(0, np.int64), size=np.zeros(0, np.int64), score=np.zeros(0))
+
     @property
     def n(self) -> int:
         return int(self.area.size)
@@ -96,12 +101,10 @@ def _raster_ordered_label_nz(mask: np.ndarray, group: np.ndarray | None = None) 
     return lut[lab], int(ids.size), nz
 
 
-@numba.njit(cache=True, nogil=True)
-def _cc_root(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
+def float_map(prob: np.ndarray) -> np.ndarray:
+    """``prob`` contiguous, as it is when float32 or float64 (compiled passes compare and sum it in
+    float64, as the converted map would be), else as float64."""
+    return np.ascontiguousarray(prob) if prob.dtype in (np.float32, np.float64) else np.ascontiguousarray(prob, dtype=np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -131,9 +134,9 @@ def _cc_kernel(mask, label, prob, with_stats, lab, parent, size, n_ign, psum):  
                 if b == 0:
                     continue
                 if a == 0:
-                    a = _cc_root(parent, b)
+                    a = _find_root(parent, b)
                     continue
-                b = _cc_root(parent, b)
+                b = _find_root(parent, b)
                 if b < a:
                     parent[a] = b
                     a = b
@@ -240,13 +243,10 @@ def pred_components(
     if merge_distance_px > 1:
         return pred_components_reference(prob, label, threshold, min_object_px=min_object_px,
                                          merge_distance_px=merge_distance_px)
-    prob = np.ascontiguousarray(prob)
-    if prob.dtype not in (np.float32, np.float64):
-        prob = prob.astype(np.float64)
+    prob = float_map(np.asarray(prob))
     mask = prob >= np.float64(threshold)  # float32 maps compare in float64, exactly as converted ones
     if not mask.any():  # nothing predicted (most negative tiles at the operating threshold)
-        z = np.zeros(0, np.int64)
-        return Components(labels=np.zeros(prob.shape, np.int32), area=z, size=z.copy(), score=np.zeros(0))
+        return Components.empty(prob.shape)
     lab, size, n_ign, psum = _components(mask, label, prob)
     keep = (size >= min_object_px) & (2 * n_ign < size)
     return Components(
@@ -265,11 +265,10 @@ def gt_components(label: np.ndarray, *, min_object_px: int = 200) -> Components:
     label = np.ascontiguousarray(label)
     mask = label == 1
     if not mask.any():
-        z = np.zeros(0, np.int64)
-        return Components(labels=np.zeros(label.shape, np.int32), area=z, size=z.copy(), score=np.zeros(0))
+        return Components.empty(label.shape)
     lab, size, _, _ = _components(mask, label, None)
     keep = size >= min_object_px
-    return Components(labels=_kept(lab, keep), area=size[keep], size=size[keep].copy(), score=np.ones(int(keep.sum())))
+    return Components(labels=_kept(lab, keep), area=size[keep], size=size[keep], score=np.ones(int(keep.sum())))
 
 
 def pred_components_reference(prob: np.ndarray, label: np.ndarray, threshold: float, *, min_object_px: int = 200,
