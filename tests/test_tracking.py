@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,58 @@ def test_a_sigterm_lost_in_a_callback_from_c_still_ends_the_run_as_killed(tmp_pa
         signal.signal(signal.SIGTERM, previous)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert _client(uri).get_run(tracker.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("where", ["ensure_experiment", "log_params"])
+def test_a_sigterm_while_the_run_is_opened_ends_it_killed_and_named(tmp_path, monkeypatch, where):
+    """The runner's SIGTERM landed after MLflow had created a training's run and before its tags were
+    set (while its params were logged): the run was left RUNNING without ``dvc_exp_name``, and the
+    runner's check of one run per experiment failed on a nameless run. A real signal, sent from
+    inside the opening of the run: the one run it leaves is KILLED and carries its experiment's name
+    and commit, and the block leaves as SystemExit(143)."""
+    import signal
+
+    import mlflow
+    import torch
+
+    from rts import tracking
+    from rts.config import load_params
+    from rts.training import distributed as D
+    from rts.training import loop
+
+    uri = f"sqlite:///{tmp_path / f'mlruns-opened-{where}.db'}"  # a store per case (see the test above)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "dusky-tors")
+    monkeypatch.setattr(loop._Stop, "signum", None)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert params.tracking.mlflow
+    if where == "ensure_experiment":  # inside the block that creates the run: held back until it exists
+        real = tracking.ensure_experiment
+
+        def stopping(*a, **kw):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(tracking, "ensure_experiment", stopping)
+    else:
+        real = mlflow.log_params
+
+        def stopping(*a, **kw):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **kw)
+
+        monkeypatch.setattr(mlflow, "log_params", stopping)
+    dist = D.DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    previous = signal.signal(signal.SIGTERM, loop._exit_on_sigterm)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            with loop.tracked(params, {"dataset_version": "v1"}, dist, str(tmp_path / "live"), loop.Progress()):
+                raise AssertionError("the block was entered: the signal did not stop the opening")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mlflow.end_run()  # nothing may stay active for the next test, whatever happened
+    assert stopped.value.code == 128 + signal.SIGTERM
+    client = _client(uri)
+    runs = client.search_runs([client.get_experiment_by_name(params.tracking.mlflow_experiment).experiment_id])
+    assert [(r.info.status, r.data.tags.get("dvc_exp_name"), bool(r.data.tags.get("git_commit"))) for r in runs] == [
+        ("KILLED", "dusky-tors", True)]

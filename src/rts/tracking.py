@@ -16,7 +16,9 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +114,25 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _sigterm_held():
+    """Hold SIGTERM back for the block and deliver it right after, so a stop cannot land inside
+    MLflow's creation of a run and leave it RUNNING in the store. The handler is swapped (a thread
+    signal mask would not do: CPython runs Python handlers in the main thread whichever thread the
+    signal reaches, and training has several); outside the main thread the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if caught:
+            signal.raise_signal(signal.SIGTERM)
+
+
 class Tracker:
     """MLflow + dvclive for one training process. Construct with ``active=False`` on ranks > 0.
 
@@ -131,40 +152,58 @@ class Tracker:
         live_dir: str | None = "dvclive/train",
         resume: bool = False,
         system_metrics: bool = False,
+        tags: dict[str, Any] | None = None,
+        start: bool = True,
     ):
         self.active = active
         self.mlflow = None
         self.live = None
         self.run_id = run_id
-        if not active:
+        self._opening = dict(mlflow_enabled=mlflow_enabled, tracking_uri=tracking_uri, experiment=experiment, live_dir=live_dir,
+                             resume=resume, system_metrics=system_metrics, tags=tags)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Open the MLflow run (new, or ``run_id`` continued) with its tags, and dvclive.
+
+        Call it inside :meth:`ending` (``start=False`` at construction) when a stop signal may come
+        at any time: the run then ends as KILLED however early the signal lands, and its tags are set
+        in the same call that creates it, so no run is left in the store without its experiment's
+        name. SIGTERM is held back while MLflow creates the run and delivered right after."""
+        o, self._opening = self._opening, None
+        if not self.active or o is None:
             return
-        if mlflow_enabled:
+        if o["mlflow_enabled"]:
             import mlflow
 
+            self.mlflow = mlflow  # before the run exists: close() ends whatever run a stop interrupts
+            tags = {k: str(v) for k, v in (o["tags"] or {}).items()}
             for attempt in range(5):  # parallel queue workers can briefly lock one SQLite file
                 try:
-                    uri = resolve_tracking_uri(tracking_uri)
-                    with store_lock(uri):  # a new store's tables are created once, not by two processes at once
+                    uri = resolve_tracking_uri(o["tracking_uri"])
+                    with store_lock(uri), _sigterm_held():  # tables created once, not by two processes at once
                         mlflow.set_tracking_uri(uri)
-                        ensure_experiment(mlflow, experiment, uri)
-                        run = mlflow.start_run(run_id=run_id, run_name=os.environ.get("DVC_EXP_NAME") or None,
-                                               log_system_metrics=system_metrics)
+                        ensure_experiment(mlflow, o["experiment"], uri)
+                        run = mlflow.start_run(run_id=self.run_id, run_name=os.environ.get("DVC_EXP_NAME") or None,
+                                               tags=tags or None, log_system_metrics=o["system_metrics"])
                     break
                 except Exception as e:  # noqa: BLE001 - retried, then re-raised
-                    if run_id and getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    if self.run_id and getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                        self.mlflow = None
                         raise ValueError(
-                            f"MLflow run {run_id} (the training run this step logs to) is not in the store {uri}; "
+                            f"MLflow run {self.run_id} (the training run this step logs to) is not in the store {uri}; "
                             "point MLFLOW_TRACKING_URI (or params tracking.mlflow_tracking_uri) at the store the model "
                             "was trained with, or set tracking.mlflow: false") from e
                     if "locked" not in str(e) or attempt == 4:
+                        self.mlflow = None
                         raise
                     time.sleep(1 + attempt)
-            self.mlflow = mlflow
             self.run_id = run.info.run_id
-        if live_dir:
+        if o["live_dir"]:
             from dvclive import Live
 
-            self.live = Live(dir=live_dir, save_dvc_exp=False, dvcyaml=False, resume=resume, report=None)
+            self.live = Live(dir=o["live_dir"], save_dvc_exp=False, dvcyaml=False, resume=o["resume"], report=None)
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.mlflow:

@@ -119,7 +119,7 @@ def test_a_killed_runner_restarted_skips_what_finished_and_resumes_the_rest(grid
     for r in runs:
         by_name.setdefault(r.data.tags.get("dvc_exp_name"), []).append(r)
     names = set(exp_refs(repo))
-    assert set(by_name) == names, sorted(by_name)
+    assert set(by_name) == names, sorted(by_name, key=str)  # a run without the tag shows as None
     finished = {k: [r for r in v if r.info.status == "FINISHED"] for k, v in by_name.items()}
     assert all(len(v) == 1 for v in finished.values()), {k: [r.info.status for r in v] for k, v in by_name.items()}
     for name in grid_run["interrupted"] - grid_run["finished_first"]:

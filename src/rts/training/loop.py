@@ -6,6 +6,7 @@ Run under torchrun (``torchrun --standalone --nproc-per-node=N -m stages.train``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -199,16 +200,16 @@ def train(params: Params, *, prepared: Path, models_dir: Path, ckpt_dir: Path, m
     fingerprint = config_fingerprint(params, data.stats_sha)
     resume_path = _resume_decision(run.ckpts, fingerprint, dist, params, data.stats_sha) if tc.resume == "auto" else None
     progress = resume(resume_path, run, data.sampler, dist, device) if resume_path is not None else Progress()
-    tracker = start_tracking(params, data.stats, dist, live_dir, progress)
+    # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt. Set
+    # before the MLflow run is opened, so a stop however early ends it as KILLED, never RUNNING.
     _Stop.signum = None
-    with tracker.ending(_stop_signal):  # MLflow's status: FINISHED, KILLED (SIGTERM, Ctrl-C) or FAILED, not always FINISHED
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with tracked(params, data.stats, dist, live_dir, progress) as tracker:  # FINISHED, KILLED (SIGTERM, Ctrl-C) or FAILED
         step_fn = TrainStep(model=run.model, optimizer=run.optimizer, scaler=run.scaler, loss_fn=run.loss_fn, amp=amp, device=device,
                             grad_clip_norm=oc.grad_clip_norm, aux_weight=params.model.deep_supervision_weight, ema=run.ema,
                             channels_last=run.channels_last)
         train_stats = TrainStats(device)
         record = _HookRecord() if hooks.record_dir is not None else None
-        # SIGTERM (preemption, torchrun shutting down): stop at once; resume restarts from last.pt.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
         ddp_model, frozen = run.model, None
         stop = run.stopper.should_stop
@@ -387,20 +388,26 @@ def resume(path: Path, run: Run, sampler, dist: D.DistInfo, device: torch.device
     return progress
 
 
-def start_tracking(params: Params, stats: dict, dist: D.DistInfo, live_dir: str | None, progress: Progress) -> Tracker:
-    """dvclive and MLflow on rank 0 (a no-op tracker elsewhere); params, system info and the frozen
-    requirements are logged once per run."""
+@contextlib.contextmanager
+def tracked(params: Params, stats: dict, dist: D.DistInfo, live_dir: str | None, progress: Progress):
+    """The block a training is recorded in: dvclive and MLflow on rank 0 (a no-op tracker elsewhere),
+    params, system info and the frozen requirements logged once per run, and the run's end status
+    (:meth:`Tracker.ending`). The run is opened inside the block, its ``dvc_exp_name`` and
+    ``git_commit`` tags with it: a stop signal while it is opened or its params are logged ends it
+    as KILLED, and the runner can still tell whose attempt it was."""
+    sysinfo = system_info(stats.get("dataset_version", "unknown")) if dist.is_main else {}
     tracker = Tracker(active=dist.is_main, mlflow_enabled=params.tracking.mlflow, tracking_uri=params.tracking.mlflow_tracking_uri,
                       experiment=params.tracking.mlflow_experiment, run_id=progress.run_id, live_dir=live_dir,
-                      resume=progress.epoch > 0, system_metrics=True)
-    if dist.is_main:
-        sysinfo = system_info(stats.get("dataset_version", "unknown"))
-        tracker.log_params({**flatten(training_params(params)), **sysinfo, "world_size": dist.world_size,
-                            "effective_batch_size": params.train.batch_size * dist.world_size,
-                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")})  # the runner's pinning
-        tracker.set_tags({"dvc_exp_name": sysinfo["dvc_exp_name"], "git_commit": sysinfo["git_commit"]})
-        tracker.log_text(frozen_requirements(), "requirements_frozen.txt")
-    return tracker
+                      resume=progress.epoch > 0, system_metrics=True, start=False,
+                      tags={k: sysinfo[k] for k in ("dvc_exp_name", "git_commit")} if dist.is_main else None)
+    with tracker.ending(_stop_signal):
+        tracker.start()
+        if dist.is_main:
+            tracker.log_params({**flatten(training_params(params)), **sysinfo, "world_size": dist.world_size,
+                                "effective_batch_size": params.train.batch_size * dist.world_size,
+                                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")})  # the runner's pinning
+            tracker.log_text(frozen_requirements(), "requirements_frozen.txt")
+        yield tracker
 
 
 def set_frozen(run: Run, flag: bool, *, compile: bool, dist: D.DistInfo, device: torch.device) -> torch.nn.Module:
