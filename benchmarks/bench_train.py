@@ -2,7 +2,10 @@
 balanced sampler, loss with ignore mask, EMA, clipping, LR schedule) against the pure
 forward/backward/step of the same model on a ready tensor batch.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_train.py --data data --steps 30 [--params params.yaml -S key=value ...]
+    OMP_NUM_THREADS=2 python benchmarks/bench_train.py --data data --steps 30 --rounds 5 [--params params.yaml -S key=value ...]
+
+Full and pure steps alternate in ``--rounds`` blocks; the overhead is the median of the rounds'
+ratios (each round's is printed too).
 
 Defaults to the demo configuration of scripts/demo.py (CPU). On a GPU it uses CUDA, AMP and
 channels_last as configured.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +47,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path("data"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=30, help="full steps (and as many pure steps) in all")
+    ap.add_argument("--rounds", type=int, default=5, help="alternations of full and pure steps")
     ap.add_argument("-S", action="append", default=[], help="extra override key=value")
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(str(v)) for k, v in DEMO_OVERRIDES.items()}
@@ -62,7 +67,7 @@ def main() -> int:
         store.load(t)  # the cache `prepare` fills
     sampler = BalancedBatchSampler(ds.positive_indices, ds.negative_indices, batch_size=p.train.batch_size,
                                    pos_fraction=p.sampler.pos_fraction_per_batch, ratio=p.sampler.train_ratio,
-                                   steps_per_epoch=args.steps + 3, seed=0)
+                                   steps_per_epoch=args.steps + 3 + args.rounds, seed=0)
     loader = make_loader(ds, batch_sampler=sampler, train_cfg=p.train, device=device)
     model = build_model(p.model, in_channels=p.data.in_channels, n_extra=len(p.data.extra_channels)).to(device)
     loss_fn = build_loss(p.loss, focal=p.focal, tversky=p.tversky, balanced_ce=p.balanced_ce, class_pixel_counts=(100, 1))
@@ -84,17 +89,7 @@ def main() -> int:
         scaler.step(opt)
         scaler.update()
         ema.update(model)
-        float(loss)
-
-    it = iter(loader)
-    for i in range(3):
-        step(next(it), i)
-    t = time.perf_counter()
-    for i in range(args.steps):
-        step(next(it), i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    full = (time.perf_counter() - t) / args.steps
+        float(loss.detach())
 
     batch = next(iter(make_loader(ds, batch_sampler=sampler, train_cfg=p.train, device=device)))
     x, y, v = batch["image"].to(device), batch["target"].to(device), batch["valid"].to(device)
@@ -106,20 +101,46 @@ def main() -> int:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        float(loss)
+        float(loss.detach())
 
-    for _ in range(3):
-        pure()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        pure()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    bare = (time.perf_counter() - t) / args.steps
+    def timed(fn, n: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / n
+
+    # Interleaved: full and pure steps alternate in rounds, so a machine whose speed drifts (a
+    # shared VM) slows both alike; the overhead is the median of the rounds' ratios.
+    it = iter(loader)
+    counter = iter(range(10**9))
+    load_s = []
+
+    def full_step():
+        t = time.perf_counter()
+        batch = next(it)
+        load_s.append(time.perf_counter() - t)
+        step(batch, next(counter))
+
+    timed(full_step, 3)
+    timed(pure, 3)
+    per_round = max(1, args.steps // args.rounds)
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append((timed(full_step, per_round), timed(pure, per_round)))
+    full = statistics.median(f for f, _ in rounds)
+    bare = statistics.median(b for _, b in rounds)
+    ratios = [f / b for f, b in rounds]
+    load = statistics.median(load_s[3:])
     print(json.dumps({"device": str(device), "batch_size": p.train.batch_size, "tile_size": p.data.tile_size,
                       "arch": p.model.arch, "encoder": p.model.encoder, "num_workers": p.train.num_workers,
                       "full_step_s": round(full, 4), "pure_step_s": round(bare, 4),
-                      "overhead_pct": round(100 * (full / bare - 1), 1)}, indent=2))
+                      "batch_wait_s": round(load, 4), "rounds": args.rounds, "steps_per_round": per_round,
+                      "overhead_pct_per_round": [round(100 * (r - 1), 1) for r in ratios],
+                      "overhead_pct": round(100 * (statistics.median(ratios) - 1), 1)}, indent=2))
     return 0
 
 
