@@ -504,36 +504,47 @@ def _grid_levels(prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_of(p: float, thresholds: np.ndarray, uniform: bool) -> int:
-    """Number of grid thresholds <= ``p``: one pixel of :func:`_grid_levels` (same values, tested)."""
+def _fill_levels(prob: np.ndarray, thresholds: np.ndarray, uniform: bool, q: np.ndarray) -> None:
+    """``q[r * W + c]``: the number of grid thresholds <= ``prob[r, c]``, exactly
+    :func:`_grid_levels` of (H, W) ``prob`` (tested), in one compiled pass.
+
+    The grid's kind is chosen once and each loop body is written out. With the per-pixel level in
+    a called njit function, the uniform pass over a 512 px tile took 3.6 ms instead of 0.4 ms
+    (measured on a 2-core VM), a quarter of the grid kernel's time.
+    """
+    h, w = prob.shape
     n = thresholds.size
     if uniform:
         # floor(p * n), then the same corrections as _grid_levels: t_ext = [-inf, t..., inf]
-        k = int(max(min(np.floor(p * n), float(n)), 0.0))  # p is in [0, 1]; memory-safe anyway
-        if k >= 1 and p < thresholds[k - 1]:
-            k -= 1
-        if k < n and p >= thresholds[k]:
-            k += 1
-        return k
-    lo, hi = 0, n  # bisect right: the first index whose threshold is > p (np.searchsorted's 'right')
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if p < thresholds[mid]:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+        for r in range(h):
+            for c in range(w):
+                p = prob[r, c]
+                k = int(max(min(np.floor(p * n), float(n)), 0.0))  # p is in [0, 1]; memory-safe anyway
+                if k >= 1 and p < thresholds[k - 1]:
+                    k -= 1
+                if k < n and p >= thresholds[k]:
+                    k += 1
+                q[r * w + c] = k
+    else:
+        # bisect right: the first index whose threshold is > p (np.searchsorted's 'right')
+        for r in range(h):
+            for c in range(w):
+                p = prob[r, c]
+                lo, hi = 0, n
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if p < thresholds[mid]:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                q[r * w + c] = lo
 
 
-@numba.njit(cache=True, nogil=True)
 def _grid_levels_compiled(prob: np.ndarray, thresholds: np.ndarray, uniform: bool) -> np.ndarray:
-    """:func:`_grid_levels` in one compiled pass over (H, W) ``prob`` (same values, tested)."""
-    h, w = prob.shape
-    q = np.empty((h, w), np.int32)
-    for r in range(h):
-        for c in range(w):
-            q[r, c] = _level_of(prob[r, c], thresholds, uniform)
-    return q
+    """:func:`_fill_levels` into a new (H, W) array."""
+    q = np.empty(prob.size, np.int32)
+    _fill_levels(np.ascontiguousarray(prob), thresholds, uniform, q)
+    return q.reshape(prob.shape)
 
 
 # A score gap this small (times the two components' pixel counts, plus one) may be a rounding
@@ -580,10 +591,10 @@ def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_
     # ground-truth object g). A pixel that is off is its own one-pixel component already, it only
     # is not counted.
     starts = np.zeros(n_levels + 2, np.int64)
+    _fill_levels(prob, thresholds, uniform, q)
     for r in range(h):
         for c in range(w):
-            lv = _level_of(prob[r, c], thresholds, uniform)
-            q[r * w + c] = lv
+            lv = q[r * w + c]
             starts[lv + 1] += 1
             if lv == 0:  # below the lowest threshold: never turned on, its statistics are never read
                 continue
