@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,11 +36,15 @@ def main() -> int:
     before = os.times()
     t0 = time.perf_counter()
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}  # as the Makefile exports them
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    after = os.times()
+    # pytest's output goes to a file, not a pipe: a daemon a test starts (SLURM, MLflow, a browser)
+    # inherits it, and waiting on a pipe would wait for the last of them to exit
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, text=True)
+        wall = time.perf_counter() - t0
+        after = os.times()
+        log.seek(0)
+        out = log.read()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    out = proc.stdout
     if args.log:
         args.log.write_text(out)
     summary = [line for line in out.splitlines() if re.search(r"\d+ (passed|failed)", line)]
