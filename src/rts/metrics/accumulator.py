@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import numba
 import numpy as np
 
 from rts.io import IGNORE, PIXEL_SIZE_M
 from rts.metrics import objects as obj
 from rts.metrics import report
+from rts.metrics._jit import njit
 from rts.metrics.pixel import bin_index
 from rts.metrics.report import NEG, POS
 
@@ -55,7 +55,7 @@ def _check_tile(prob: Any, label: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, np.ascontiguousarray(label)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _pixel_counts_kernel(p: np.ndarray, label: np.ndarray, n_bins: int, threshold: float, hist: np.ndarray, op: np.ndarray) -> tuple[bool, bool]:
     """:func:`_tile_pixel_counts_reference` in one compiled pass, adding into ``hist`` and ``op``.
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from scipy import ndimage as ndi
 
 from rts.io import IGNORE, PIXEL_SIZE_M
+from rts.metrics._jit import njit
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -107,7 +107,7 @@ def float_map(prob: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(prob) if prob.dtype in (np.float32, np.float64) else np.ascontiguousarray(prob, dtype=np.float64)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _cc_kernel(mask, label, prob, with_stats, lab, parent, size, n_ign, psum):  # noqa: C901
     """8-connected components of (H, W) uint8 ``mask`` into ``lab``, numbered 1.. by first pixel in
     raster order (two-pass union-find), and per component its pixels, pixels on label 255 and
@@ -174,7 +174,7 @@ def _cc_kernel(mask, label, prob, with_stats, lab, parent, size, n_ign, psum):  
     return k
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _cc_relabel(lab, lut):
     h, w = lab.shape
     for r in range(h):
@@ -503,7 +503,7 @@ def _grid_levels(prob: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return np.searchsorted(thresholds, prob, side="right").astype(np.int32)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _fill_levels(prob: np.ndarray, thresholds: np.ndarray, uniform: bool, q: np.ndarray) -> None:
     """``q[r * W + c]``: the number of grid thresholds <= ``prob[r, c]``, exactly
     :func:`_grid_levels` of (H, W) ``prob`` (tested), in one compiled pass.
@@ -554,7 +554,7 @@ def _grid_levels_compiled(prob: np.ndarray, thresholds: np.ndarray, uniform: boo
 _TIE_TOLERANCE = 1e-15
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _find_root(parent: np.ndarray, x: int) -> int:
     """Root of ``x`` with path halving."""
     while True:
@@ -568,7 +568,7 @@ def _find_root(parent: np.ndarray, x: int) -> int:
         x = ppx
 
 
-@numba.njit(cache=True, nogil=True)
+@njit
 def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_tol, out, parent, stat, psum, order_pad, q):  # noqa: C901
     """The union-find pass of :func:`grid_object_counts` (see there); fills ``out`` (G, n_iou, 3).
 
