@@ -131,10 +131,11 @@ def test_a_killed_runner_restarted_skips_what_finished_and_resumes_the_rest(grid
     used = set()
     for name, (r,) in finished.items():
         log = (repo / RUNNER_DIR / "logs" / f"{name}.log").read_text()
-        headers = re.findall(r"CUDA_VISIBLE_DEVICES='([^']*)'", log)
-        # a resumed run keeps the params of the attempt that began it; a restarted one has the last attempt's
-        began = headers[0] if len(by_name[name]) == 1 else headers[-1]
-        assert r.data.params["cuda_visible_devices"] == began, (name, r.data.params.get("cuda_visible_devices"), headers)
+        attempts = re.findall(r"^=== \d{4}-.*?CUDA_VISIBLE_DEVICES='([^']*)'(.*?)(?=^=== \d{4}-|\Z)", log, flags=re.M | re.S)
+        # the MLflow run's params are those of the attempt that began it: the last one that did not resume
+        # (an attempt stopped before its first checkpoint, or before MLflow, is restarted, not resumed)
+        began = [dev for dev, text in attempts if "resumed from " not in text][-1]
+        assert r.data.params["cuda_visible_devices"] == began, (name, r.data.params.get("cuda_visible_devices"), [a[0] for a in attempts])
         used.add(began)
     assert used == {"0", "1"}, used
 
