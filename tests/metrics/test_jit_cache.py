@@ -55,3 +55,13 @@ def test_a_changed_source_gets_its_own_cache(tmp_path):
     acc.write_text(acc.read_text() + "\n# edited\n")
     changed = _probe(b, cache)
     assert changed["path"] != first["path"] and changed["misses"] == 1 and changed["hits"] == 0, (first, changed)
+
+
+def test_a_cache_root_that_cannot_be_created_leaves_numba_its_own_cache(tmp_path):
+    """XDG_CACHE_HOME under a regular file (as on a read-only home): the kernel still compiles and
+    runs, cached by numba's default locator beside the source."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    a = _copy(tmp_path / "clone-a")
+    got = _probe(a, blocker / "cache")
+    assert got["misses"] == 1 and Path(got["path"]).is_relative_to(a), got
