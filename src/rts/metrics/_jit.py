@@ -10,7 +10,9 @@ validation (measured on the 2-core CI machine; the kernels are the same bytes ea
 :class:`ContentCacheLocator` puts the cache of a module of this package in
 ``<root>/<module>-<sha256 of its source>``, so every copy of the same source shares one cache and a
 changed source never meets code compiled from another version. numba still checks each entry
-against the function's bytecode and the CPU it was compiled for. The root is
+against the function's bytecode and the CPU it was compiled for. As with numba's own cache, a
+global of another module that a kernel reads is frozen into the compiled code: here only
+``rts.io.IGNORE`` (the format's 255), and the kernels call no compiled function of another module. The root is
 ``$NUMBA_CACHE_DIR/rts-seg`` when that is set, else ``$XDG_CACHE_HOME/rts-seg/numba`` (default
 ``~/.cache/rts-seg/numba``). When the root cannot be created or written, numba's own locators
 apply as before (the kernels compile once per copy); results are the same either way.
