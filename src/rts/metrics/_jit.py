@@ -12,16 +12,16 @@ validation (measured on the 2-core CI machine; the kernels are the same bytes ea
 changed source never meets code compiled from another version. numba still checks each entry
 against the function's bytecode and the CPU it was compiled for. As with numba's own cache, a
 global of another module that a kernel reads is frozen into the compiled code: here only
-``rts.io.IGNORE`` (the format's 255), and the kernels call no compiled function of another module. The root is
-``$NUMBA_CACHE_DIR/rts-seg`` when that is set, else ``$XDG_CACHE_HOME/rts-seg/numba`` (default
-``~/.cache/rts-seg/numba``). When the root cannot be created or written, numba's own locators
-apply as before (the kernels compile once per copy); results are the same either way.
+``rts.io.IGNORE`` (the format's 255), and the kernels call no compiled function of another
+module. The root is ``$NUMBA_CACHE_DIR/rts-seg`` when that is set, else
+``$XDG_CACHE_HOME/rts-seg/numba`` (default ``~/.cache/rts-seg/numba``). When the root cannot be
+created or written, numba's own locators apply as before (the kernels compile once per copy);
+results are the same either way.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from pathlib import Path
 
@@ -39,11 +39,6 @@ def cache_root() -> Path:
     return Path(base) / "rts-seg" / "numba"
 
 
-@functools.lru_cache(maxsize=None)
-def _source_digest(path: str, st_mtime: float, st_size: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:24]
-
-
 # numba's locator bases and registry; 0.68 names the registry CacheImpl (before: _CacheImpl). Should a
 # later numba rename them, the kernels are cached by numba's own locators (once per copy) instead.
 _MIXIN = getattr(caching, "_SourceFileBackedLocatorMixin", None)
@@ -58,9 +53,8 @@ class ContentCacheLocator(*_BASES):
     def __init__(self, py_func, py_file):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
-        st = os.stat(py_file)
-        digest = _source_digest(py_file, st.st_mtime, st.st_size)
-        self._cache_path = str(cache_root() / f"{Path(py_file).stem}-{digest}")
+        stamp = self.get_source_stamp()  # numba's sha256 of the file's bytes, cached per (path, mtime, size)
+        self._cache_path = str(cache_root() / f"{Path(py_file).stem}-{bytes(stamp).hex()[:24]}")
 
     def get_cache_path(self):
         return self._cache_path
@@ -75,7 +69,7 @@ class ContentCacheLocator(*_BASES):
             return None  # someone else's njit: numba's own locators
         try:
             return super().from_function(py_func, py_file)  # None when the folder cannot be written
-        except RuntimeError:  # Path.home() without a home directory
+        except (RuntimeError, TypeError):  # no home directory; a source stamp that is no content hash (numba < 0.68)
             return None
 
 
