@@ -588,8 +588,8 @@ def _grid_kernel(prob, thresholds, uniform, ign, gl, gt_area, min_px, ious, tie_
     # Each pixel's level (q: number of grid thresholds <= p), then one raster pass that counts the
     # levels for the counting sort and sets the one-pixel statistics. Per root: pixels, pixels on
     # label 255, its row of overlap counts (-1: no ground truth; before the pixel is on, -1 - g for
-    # a pixel of ground-truth object g). A pixel that is off is its own one-pixel component already, it only
-    # is not counted.
+    # a pixel of ground-truth object g). A pixel that is off is its own one-pixel component
+    # already, it only is not counted.
     starts = np.zeros(n_levels + 2, np.int64)
     _fill_levels(prob, thresholds, uniform, q)
     for r in range(h):
